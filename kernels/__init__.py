@@ -1,0 +1,12 @@
+"""Triton kernels for fused attention and their launch helpers. No autograd lives here.
+
+``attention_forward`` and ``attention_backward`` fill caller-allocated tensors; the autograd
+wrappers, validation and dispatch live in ``attention_ops``.
+"""
+
+from .configs import is_interpreter
+from .dropout import materialize_keep_mask
+from .flash_bwd import attention_backward
+from .flash_fwd import attention_forward
+
+__all__ = ["attention_backward", "attention_forward", "is_interpreter", "materialize_keep_mask"]

@@ -1,0 +1,365 @@
+"""Fused attention backward: dQ, dK, dV from dO, recomputing the weights from the saved LSE.
+
+Three launches, no atomics (so the result is deterministic):
+  1. delta = rowsum(dO * O), one fp32 number per query row;
+  2. dK/dV: a key/value tile stays on chip while the program walks the query tiles (and, for
+     grouped-query attention, every query head of the group);
+  3. dQ: a query tile stays on chip while the program walks the key/value tiles.
+With P the undropped weights, Z the keep mask and s = 1/(1-p):
+  dV = (Z*s*P)^T dO,  dP = Z*s*(dO V^T),  dS = P * (dP - delta),  dQ = scale dS K,
+  dK = scale dS^T Q.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import (
+    INTERPRETER_META,
+    bwd_configs,
+    head_dim_block,
+    is_interpreter,
+    prune_for_head_dim,
+    seqlen_bucket,
+)
+from .dropout import keep_mask
+from .flash_fwd import LOG2E, kernel_flags, needs_int64_rows
+
+
+@triton.jit
+def _bwd_delta_kernel(
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    n_heads_q, seqlen_q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """DELTA[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in fp32."""
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // n_heads_q
+    i_h = i_bh % n_heads_q
+    offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_o = (offs_m[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
+    b_o = tl.load(O + i_b * stride_ob + i_h * stride_oh + offs_m[:, None] * stride_om
+                  + offs_d[None, :] * stride_od, mask=m_o, other=0.0)
+    b_do = tl.load(DO + i_b * stride_dob + i_h * stride_doh + offs_m[:, None] * stride_dom
+                   + offs_d[None, :] * stride_dod, mask=m_o, other=0.0)
+    b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
+    tl.store(DELTA + i_bh * seqlen_q + offs_m, b_delta, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def _dkdv_q_loop(
+    b_dk, b_dv, b_k, b_v,
+    p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
+    offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
+    start_m, end_m, seqlen_q, seqlen_k, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    MASKED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Accumulate dK, dV of one key tile over query tiles [start_m, end_m), in transposed
+    form ([BLOCK_N, BLOCK_M] tiles) so no tile needs a transpose before its dot. MASKED tiles
+    straddle the causal diagonal. Rows past Lq load dO = 0 and delta = 0 and so add nothing;
+    columns past Lk are never stored."""
+    m_d = offs_d < HEAD_DIM
+    for start in range(start_m, end_m, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        m_rows = offs_m < seqlen_q
+        m_qd = m_rows[:, None] & m_d[None, :]
+        b_q = tl.load(p_q + offs_m[:, None] * stride_qm, mask=m_qd, other=0.0)  # [M, D]
+        b_do = tl.load(p_do + offs_m[:, None] * stride_dom, mask=m_qd, other=0.0)  # [M, D]
+        if UPCAST:
+            b_q = b_q.to(tl.float32)
+            b_do = b_do.to(tl.float32)
+        b_lse = tl.load(p_lse + offs_m, mask=m_rows, other=0.0)  # log2 domain
+        b_delta = tl.load(p_delta + offs_m, mask=m_rows, other=0.0)
+        # [BLOCK_N, BLOCK_M]
+        b_pt = tl.exp2(tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION) * qk_scale
+                       - b_lse[None, :])
+        if MASKED:
+            b_pt = tl.where(offs_n[:, None] <= offs_m[None, :], b_pt, 0.0)
+        # [BLOCK_N, BLOCK_M]
+        b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)
+        b_pt_dropped = b_pt
+        if HAS_DROPOUT:
+            rng_cols = (i_bh * seqlen_q + offs_m) * seqlen_k  # int64: i_bh is
+            b_keep = keep_mask(seed, rng_cols[None, :] + offs_n[:, None], dropout_p)
+            b_pt_dropped = tl.where(b_keep, b_pt * dropout_scale, 0.0)
+            b_dpt = tl.where(b_keep, b_dpt * dropout_scale, 0.0)
+        # [BLOCK_N, D]
+        b_dv = tl.dot(b_pt_dropped.to(b_do.dtype), b_do, b_dv, input_precision=PRECISION)
+        b_dst = b_pt * (b_dpt - b_delta[None, :])
+        # [BLOCK_N, D]
+        b_dk = tl.dot(b_dst.to(b_q.dtype), b_q, b_dk, input_precision=PRECISION)
+    return b_dk, b_dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA, SEED,
+    sm_scale, qk_scale, dropout_p, dropout_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    n_heads_kv, group_size, seqlen_q, seqlen_k, seqlen_bucket,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
+):
+    """dK, dV: [B, Hkv, Lk, D]; LSE (log2 domain) and DELTA: [B, Hq, Lq] fp32.
+    Grid: (cdiv(Lk, BLOCK_N), B * Hkv)."""
+    i_n = tl.program_id(0)
+    i_bhk = tl.program_id(1).to(tl.int64)
+    i_b = i_bhk // n_heads_kv
+    i_hk = i_bhk % n_heads_kv
+
+    offs_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    if INT64_ROWS:
+        offs_n = offs_n.to(tl.int64)
+    m_kv = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < HEAD_DIM)
+    b_k = tl.load(K + i_b * stride_kb + i_hk * stride_kh + offs_n[:, None] * stride_kn
+                  + offs_d[None, :] * stride_kd, mask=m_kv, other=0.0)  # [BLOCK_N, D]
+    b_v = tl.load(V + i_b * stride_vb + i_hk * stride_vh + offs_n[:, None] * stride_vn
+                  + offs_d[None, :] * stride_vd, mask=m_kv, other=0.0)  # [BLOCK_N, D]
+    if UPCAST:
+        b_k = b_k.to(tl.float32)
+        b_v = b_v.to(tl.float32)
+    b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Causal: query rows before this key tile never see it; tiles from full_start on see it
+    # whole; the ones between straddle the diagonal.
+    start_m = 0
+    full_start = 0
+    if IS_CAUSAL:
+        start_m = ((i_n * BLOCK_N) // BLOCK_M) * BLOCK_M
+        full_start = tl.cdiv(i_n * BLOCK_N + BLOCK_N - 1, BLOCK_M) * BLOCK_M
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
+    for g in range(group_size):  # grouped-query attention: sum over the group's query heads
+        i_h = i_hk * group_size + g
+        i_bh = i_b * n_heads_kv * group_size + i_h
+        p_q = Q + i_b * stride_qb + i_h * stride_qh + offs_d[None, :] * stride_qd
+        p_do = DO + i_b * stride_dob + i_h * stride_doh + offs_d[None, :] * stride_dod
+        p_lse = LSE + i_bh * seqlen_q
+        p_delta = DELTA + i_bh * seqlen_q
+        b_dk, b_dv = _dkdv_q_loop(
+            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
+            offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
+            start_m, tl.minimum(full_start, seqlen_q), seqlen_q, seqlen_k, qk_scale,
+            HEAD_DIM, BLOCK_M, True, HAS_DROPOUT, UPCAST, PRECISION,
+        )
+        b_dk, b_dv = _dkdv_q_loop(
+            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
+            offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
+            full_start, seqlen_q, seqlen_q, seqlen_k, qk_scale,
+            HEAD_DIM, BLOCK_M, False, HAS_DROPOUT, UPCAST, PRECISION,
+        )
+
+    p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh
+    p_dv = DV + i_b * stride_dvb + i_hk * stride_dvh
+    tl.store(p_dk + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             (b_dk * sm_scale).to(DK.dtype.element_ty), mask=m_kv)
+    tl.store(p_dv + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+             b_dv.to(DV.dtype.element_ty), mask=m_kv)
+
+
+@triton.jit
+def _dq_kv_loop(
+    b_dq, b_q, b_do, b_lse, b_delta,
+    p_k, p_v, stride_kn, stride_vn,
+    offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale,
+    start_n, end_n, seqlen_k, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Accumulate dQ of one query tile over key tiles [start_n, end_n). Keys past Lk load as
+    zeros and add nothing; MASKED tiles straddle the causal diagonal."""
+    m_d = offs_d < HEAD_DIM
+    for start in range(start_n, end_n, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        m_kv = (offs_n[:, None] < seqlen_k) & m_d[None, :]
+        b_k = tl.load(p_k + offs_n[:, None] * stride_kn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
+        b_v = tl.load(p_v + offs_n[:, None] * stride_vn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
+        if UPCAST:
+            b_k = b_k.to(tl.float32)
+            b_v = b_v.to(tl.float32)
+        # [BLOCK_M, BLOCK_N]
+        b_p = tl.exp2(tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+                      - b_lse[:, None])
+        if MASKED:
+            b_p = tl.where(offs_n[None, :] <= offs_m[:, None], b_p, 0.0)
+        # [BLOCK_M, BLOCK_N]
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+        if HAS_DROPOUT:
+            b_keep = keep_mask(seed, rng_rows[:, None] + offs_n[None, :], dropout_p)
+            b_dp = tl.where(b_keep, b_dp * dropout_scale, 0.0)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        # [BLOCK_M, D]
+        b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq, input_precision=PRECISION)
+    return b_dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA, SEED,
+    sm_scale, qk_scale, dropout_p, dropout_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
+):
+    """dQ: [B, Hq, Lq, D]. Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // n_heads_q
+    i_h = i_bh % n_heads_q
+    i_hk = i_h // group_size
+
+    offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    if INT64_ROWS:
+        offs_m = offs_m.to(tl.int64)
+    m_rows = offs_m < seqlen_q
+    m_q = m_rows[:, None] & (offs_d[None, :] < HEAD_DIM)
+    b_q = tl.load(Q + i_b * stride_qb + i_h * stride_qh + offs_m[:, None] * stride_qm
+                  + offs_d[None, :] * stride_qd, mask=m_q, other=0.0)  # [BLOCK_M, D]
+    b_do = tl.load(DO + i_b * stride_dob + i_h * stride_doh + offs_m[:, None] * stride_dom
+                   + offs_d[None, :] * stride_dod, mask=m_q, other=0.0)  # [BLOCK_M, D]
+    if UPCAST:
+        b_q = b_q.to(tl.float32)
+        b_do = b_do.to(tl.float32)
+    b_lse = tl.load(LSE + i_bh * seqlen_q + offs_m, mask=m_rows, other=0.0)
+    b_delta = tl.load(DELTA + i_bh * seqlen_q + offs_m, mask=m_rows, other=0.0)
+    p_k = K + i_b * stride_kb + i_hk * stride_kh + offs_d[None, :] * stride_kd
+    p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_d[None, :] * stride_vd
+
+    seed = 0
+    rng_rows = offs_m.to(tl.int64)
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
+        rng_rows = (i_bh * seqlen_q + offs_m) * seqlen_k
+
+    end_n = seqlen_k
+    full_end = seqlen_k
+    if IS_CAUSAL:
+        end_n = tl.minimum(seqlen_k, (i_m + 1) * BLOCK_M)
+        full_end = tl.minimum(seqlen_k, ((i_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
+    b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    b_dq = _dq_kv_loop(
+        b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
+        offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale, 0, full_end, seqlen_k,
+        qk_scale, HEAD_DIM, BLOCK_N, False, HAS_DROPOUT, UPCAST, PRECISION,
+    )
+    b_dq = _dq_kv_loop(
+        b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
+        offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale, full_end, end_n, seqlen_k,
+        qk_scale, HEAD_DIM, BLOCK_N, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
+    )
+    tl.store(DQ + i_b * stride_dqb + i_h * stride_dqh + offs_m[:, None] * stride_dqm
+             + offs_d[None, :] * stride_dqd, (b_dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=m_q)
+
+
+_tuned = {}
+
+
+def _tuned_kernel(kernel):
+    if kernel not in _tuned:
+        _tuned[kernel] = triton.autotune(
+            configs=bwd_configs(),
+            key=["HEAD_DIM", "IS_CAUSAL", "HAS_DROPOUT", "seqlen_bucket"],
+            prune_configs_by={"early_config_prune": prune_for_head_dim},
+        )(kernel)
+    return _tuned[kernel]
+
+
+def _launch(kernel, rows: int, programs: int, args: tuple, flags: dict) -> None:
+    """Launch with the interpreter's fixed tile, or autotuned on a GPU; ``rows`` is the
+    length the grid's first axis tiles (Lq for dQ, Lk for dK/dV)."""
+    block = "BLOCK_N" if kernel is _attn_bwd_dkdv_kernel else "BLOCK_M"
+    if is_interpreter():
+        grid = (triton.cdiv(rows, INTERPRETER_META[block]), programs)
+        kernel[grid](*args, **flags, **INTERPRETER_META)
+        return
+    _tuned_kernel(kernel)[lambda meta: (triton.cdiv(rows, meta[block]), programs)](
+        *args, **flags)
+
+
+def attention_backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    dv: torch.Tensor,
+    *,
+    scale: float,
+    causal: bool,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    int64_rows: bool | None = None,
+) -> None:
+    """Launch the backward: fills dq (shape of q), dk and dv (shape of k, v).
+
+    ``out`` and ``lse`` are the forward's results, ``seed`` the forward's dropout seed. All
+    tensors may have any strides.
+    """
+    batch, n_heads_q, seqlen_q, head_dim = q.shape
+    n_heads_kv, seqlen_k = k.shape[1], k.shape[2]
+    group_size = n_heads_q // n_heads_kv
+    has_dropout = dropout_p > 0.0
+    if int64_rows is None:
+        int64_rows = needs_int64_rows(q, k, v, do, dq, dk, dv)
+    block_d = head_dim_block(head_dim)
+
+    delta = torch.empty_like(lse)
+    block_m = 64 if not is_interpreter() else INTERPRETER_META["BLOCK_M"]
+    _bwd_delta_kernel[(triton.cdiv(seqlen_q, block_m), batch * n_heads_q)](
+        out, do, delta, *out.stride(), *do.stride(), n_heads_q, seqlen_q,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m,
+    )
+    lse_log2 = lse * LOG2E
+    common = (
+        scale, scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+    )
+    bucket = seqlen_bucket(max(seqlen_q, seqlen_k))
+    flags = dict(
+        HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, HAS_DROPOUT=has_dropout,
+        INT64_ROWS=int64_rows, **kernel_flags(q),
+    )
+    seed_arg = seed if has_dropout else lse
+    _launch(
+        _attn_bwd_dkdv_kernel, seqlen_k, batch * n_heads_kv,
+        (q, k, v, do, dk, dv, lse_log2, delta, seed_arg, *common, *dk.stride(), *dv.stride(),
+         n_heads_kv, group_size, seqlen_q, seqlen_k, bucket),
+        flags,
+    )
+    _launch(
+        _attn_bwd_dq_kernel, seqlen_q, batch * n_heads_q,
+        (q, k, v, do, dq, lse_log2, delta, seed_arg, *common, *dq.stride(),
+         n_heads_q, group_size, seqlen_q, seqlen_k, bucket),
+        flags,
+    )

@@ -1,0 +1,223 @@
+"""Fused attention forward: O = softmax(mask(scale * Q K^T)) [dropout] V, and the row LSE.
+
+FlashAttention-2 structure: one program per (query tile, batch*head) streams over key/value
+tiles with an online softmax in fp32, so the L x L weights never reach memory. Scores live in
+the log2 domain (scale * log2(e) folded into one multiply) so the exponentials are exp2.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .configs import (
+    INTERPRETER_META,
+    fwd_configs,
+    head_dim_block,
+    is_interpreter,
+    prune_for_head_dim,
+    seqlen_bucket,
+)
+from .dropout import keep_mask
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _fwd_kv_loop(
+    b_acc, b_l, b_m, b_q,
+    p_k, p_v, stride_kn, stride_vn,
+    offs_m, offs_d, rng_rows, seed, dropout_p,
+    start_n, end_n, seqlen_k, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Accumulate key tiles [start_n, end_n). MASKED tiles apply the causal and length masks;
+    the others (the bulk of the work) skip them."""
+    m_d = offs_d < HEAD_DIM
+    for start in range(start_n, end_n, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        m_kv = m_d[None, :]
+        if MASKED:
+            m_kv = m_kv & (offs_n[:, None] < seqlen_k)
+        b_k = tl.load(p_k + offs_n[:, None] * stride_kn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
+        b_v = tl.load(p_v + offs_n[:, None] * stride_vn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
+        if UPCAST:
+            b_k = b_k.to(tl.float32)
+            b_v = b_v.to(tl.float32)
+        # [BLOCK_M, BLOCK_N]
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+        if MASKED:
+            m_s = offs_n[None, :] < seqlen_k
+            if IS_CAUSAL:
+                m_s = m_s & (offs_n[None, :] <= offs_m[:, None])
+            b_s = tl.where(m_s, b_s, float("-inf"))
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        # A row that has seen only masked keys keeps m = -inf; subtract 0 instead of -inf.
+        b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+        b_p = tl.exp2(b_s - b_m_safe[:, None])
+        b_alpha = tl.exp2(b_m - b_m_safe)
+        b_l = b_l * b_alpha + tl.sum(b_p, 1)
+        if HAS_DROPOUT:
+            # The normaliser uses every weight; only the value sum sees the dropped ones.
+            b_keep = keep_mask(seed, rng_rows[:, None] + offs_n[None, :], dropout_p)
+            b_p = tl.where(b_keep, b_p, 0.0)
+        # [BLOCK_M, D]
+        b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None],
+                       input_precision=PRECISION)
+        b_m = b_m_new
+    return b_acc, b_l, b_m
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, SEED,
+    qk_scale, dropout_p, dropout_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
+):
+    """Q: [B, Hq, Lq, D], K/V: [B, Hkv, Lk, D] (any strides), O: [B, Hq, Lq, D],
+    LSE: [B, Hq, Lq] fp32 natural log. Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // n_heads_q
+    i_h = i_bh % n_heads_q
+    i_hk = i_h // group_size
+
+    offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    if INT64_ROWS:  # a single head spans more than 2**31 elements
+        offs_m = offs_m.to(tl.int64)
+    m_d = offs_d < HEAD_DIM
+    m_q = (offs_m[:, None] < seqlen_q) & m_d[None, :]
+
+    p_q = Q + i_b * stride_qb + i_h * stride_qh
+    b_q = tl.load(p_q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=m_q,
+                  other=0.0)  # [BLOCK_M, D]
+    if UPCAST:
+        b_q = b_q.to(tl.float32)
+    p_k = K + i_b * stride_kb + i_hk * stride_kh + offs_d[None, :] * stride_kd
+    p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_d[None, :] * stride_vd
+
+    seed = 0
+    rng_rows = offs_m.to(tl.int64)
+    if HAS_DROPOUT:
+        seed = tl.load(SEED)
+        rng_rows = (i_bh * seqlen_q + offs_m) * seqlen_k
+
+    b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
+    b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+
+    # Key tiles every row of this query tile fully sees need no mask; the rest (the causal
+    # diagonal and the ragged end of K) do.
+    end_n = seqlen_k
+    full_end = (seqlen_k // BLOCK_N) * BLOCK_N
+    if IS_CAUSAL:
+        end_n = tl.minimum(seqlen_k, (i_m + 1) * BLOCK_M)
+        full_end = tl.minimum(full_end, ((i_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
+    b_acc, b_l, b_m = _fwd_kv_loop(
+        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn,
+        offs_m, offs_d, rng_rows, seed, dropout_p, 0, full_end, seqlen_k, qk_scale,
+        HEAD_DIM, BLOCK_N, False, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
+    )
+    b_acc, b_l, b_m = _fwd_kv_loop(
+        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn,
+        offs_m, offs_d, rng_rows, seed, dropout_p, full_end, end_n, seqlen_k, qk_scale,
+        HEAD_DIM, BLOCK_N, True, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
+    )
+
+    # A row with no visible key has l = 0: it outputs zeros and an LSE of -inf.
+    b_l_safe = tl.where(b_l == 0.0, 1.0, b_l)
+    b_o = b_acc * (dropout_scale / b_l_safe)[:, None]
+    p_o = O + i_b * stride_ob + i_h * stride_oh
+    tl.store(p_o + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+             b_o.to(O.dtype.element_ty), mask=m_q)
+    b_lse = (b_m + tl.log2(b_l)) / 1.4426950408889634
+    tl.store(LSE + i_bh * seqlen_q + offs_m, b_lse, mask=offs_m < seqlen_q)
+
+
+_attn_fwd_tuned = None
+
+
+def _tuned_kernel():
+    global _attn_fwd_tuned
+    if _attn_fwd_tuned is None:
+        _attn_fwd_tuned = triton.autotune(
+            configs=fwd_configs(),
+            key=["HEAD_DIM", "IS_CAUSAL", "HAS_DROPOUT", "seqlen_bucket"],
+            prune_configs_by={"early_config_prune": prune_for_head_dim},
+        )(_attn_fwd_kernel)
+    return _attn_fwd_tuned
+
+
+def kernel_flags(q: torch.Tensor) -> dict:
+    """Constexpr flags shared by the forward and backward launches."""
+    interpret = is_interpreter()
+    return {
+        # Triton 3.9 interpreter: tl.dot on bf16 multiplies raw bits, so compute in fp32.
+        "UPCAST": interpret and q.dtype == torch.bfloat16,
+        # fp32 inputs promise fp32 accuracy: no TF32 in the dots.
+        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+    }
+
+
+def needs_int64_rows(*tensors: torch.Tensor) -> bool:
+    """Whether row offsets inside one head can pass 2**31 (batch/head offsets are always int64)."""
+    return any(t.shape[2] * max(t.stride(2), 1) + t.shape[3] * t.stride(3) >= 2**31
+               for t in tensors)
+
+
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    scale: float,
+    causal: bool,
+    dropout_p: float,
+    seed: torch.Tensor | None,
+    int64_rows: bool | None = None,
+) -> None:
+    """Launch the forward: fills ``out`` (B, Hq, Lq, D) and ``lse`` (B, Hq, Lq) fp32.
+
+    q (B, Hq, Lq, D) and k, v (B, Hkv, Lk, D) may have any strides. ``seed`` is a one-element
+    int64 tensor on the device (used when ``dropout_p > 0``). ``int64_rows`` forces (True) or
+    forbids (False) 64-bit row offsets; None decides from the sizes.
+    """
+    batch, n_heads_q, seqlen_q, head_dim = q.shape
+    group_size = n_heads_q // k.shape[1]
+    seqlen_k = k.shape[2]
+    has_dropout = dropout_p > 0.0
+    if int64_rows is None:
+        int64_rows = needs_int64_rows(q, k, v, out)
+    args = (
+        q, k, v, out, lse, seed if has_dropout else lse,
+        scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket(max(seqlen_q, seqlen_k)),
+    )
+    flags = dict(
+        HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim),
+        IS_CAUSAL=causal, HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows, **kernel_flags(q),
+    )
+    if is_interpreter():
+        grid = (triton.cdiv(seqlen_q, INTERPRETER_META["BLOCK_M"]), batch * n_heads_q)
+        _attn_fwd_kernel[grid](*args, **flags, **INTERPRETER_META)
+        return
+
+    def grid(meta):
+        return (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q)
+
+    _tuned_kernel()[grid](*args, **flags)

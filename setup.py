@@ -1,0 +1,20 @@
+"""Packaging for attention-ops: fused Triton attention kernels for PyTorch."""
+
+from setuptools import setup
+
+setup(
+    name="attention-ops",
+    version="0.1.0",
+    description="Fused causal attention for PyTorch, forward and backward, written in Triton.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # `kernels` (Triton code only) installs as a top-level package beside `attention_ops`.
+    packages=["attention_ops", "attention_ops.integrations", "kernels"],
+    install_requires=["torch>=2.4", "triton>=3.2"],
+    extras_require={
+        # numpy: the Triton interpreter (TRITON_INTERPRET=1) runs kernels on it.
+        "test": ["pytest", "pytest-benchmark", "numpy"],
+        "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
+    },
+)
