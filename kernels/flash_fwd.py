@@ -142,7 +142,7 @@ def _attn_fwd_kernel(
     p_o = O + i_b * stride_ob + i_h * stride_oh
     tl.store(p_o + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
              b_o.to(O.dtype.element_ty), mask=m_q)
-    b_lse = (b_m + tl.log2(b_l)) / 1.4426950408889634
+    b_lse = tl.where(b_l == 0.0, float("-inf"), (b_m + tl.log2(b_l_safe)) / 1.4426950408889634)
     tl.store(LSE + i_bh * seqlen_q + offs_m, b_lse, mask=offs_m < seqlen_q)
 
 

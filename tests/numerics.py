@@ -1,0 +1,46 @@
+"""The pass bar shared by the kernel tests: a fused result may be off the float64 reference by
+at most twice what eager PyTorch in the same dtype is off, plus one rounding of the values in
+that dtype and a float32-accumulation floor (so an exact zero, where eager happens to land
+exactly, still admits fp32 summation-order noise)."""
+
+from __future__ import annotations
+
+import torch
+
+from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
+
+
+def assert_within_eager_error(name: str, fused: torch.Tensor, eager: torch.Tensor,
+                              exact: torch.Tensor) -> None:
+    """``fused`` and ``eager`` in the input dtype, ``exact`` in float64."""
+    assert fused.shape == exact.shape, f"{name}: shape {fused.shape} != {exact.shape}"
+    assert not fused.isnan().any(), f"{name}: NaN in the fused result"
+    fused_err = (fused.double() - exact).abs().max().item()
+    eager_err = (eager.double() - exact).abs().max().item()
+    rounding = ((exact.to(fused.dtype) + 0.3 - 0.3).double() - exact).abs().max().item()
+    fp32_floor = 1e-6 * max(1.0, exact.abs().max().item())
+    assert fused_err <= 2 * eager_err + rounding + fp32_floor, (
+        f"{name}: fused error {fused_err:.3e} > 2 x eager error {eager_err:.3e} "
+        f"+ rounding {rounding:.3e} + fp32 floor {fp32_floor:.1e}"
+    )
+
+
+def _outputs_and_grads(fn, q, k, v, do):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(do.to(out.dtype))
+    return {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}
+
+
+def assert_matches_reference(fused_fn, q, k, v, **reference_kwargs) -> None:
+    """Run ``fused_fn(q, k, v)`` forward and backward with one random dO, and check the output
+    and dq, dk, dv against the float64 reference with the eager-error bar."""
+    do = torch.randn(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
+    fused = _outputs_and_grads(fused_fn, q, k, v, do)
+    eager = _outputs_and_grads(lambda *t: reference_sdpa(*t, **reference_kwargs), q, k, v, do)
+    exact = _outputs_and_grads(
+        lambda *t: reference_sdpa(*t, **reference_kwargs),
+        *(t.double() for t in (q, k, v)), do.double(),
+    )
+    for name in ("out", "dq", "dk", "dv"):
+        assert_within_eager_error(name, fused[name], eager[name], exact[name])

@@ -1,0 +1,216 @@
+"""flash_attention: outputs and gradients against the float64 reference, on every path the
+kernels have (ragged tiles, causal diagonals, GQA, strides, head-dim padding, dtypes)."""
+
+import pytest
+import torch
+from numerics import assert_matches_reference, assert_within_eager_error
+
+import attention_ops as ao
+import kernels
+from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
+
+pytestmark = pytest.mark.usefixtures("nan_poisoned_outputs")
+
+
+def qkv(batch, heads_q, heads_kv, seqlen_q, seqlen_k, head_dim, dtype, device):
+    q = torch.randn(batch, heads_q, seqlen_q, head_dim, dtype=dtype, device=device)
+    k = torch.randn(batch, heads_kv, seqlen_k, head_dim, dtype=dtype, device=device)
+    v = torch.randn(batch, heads_kv, seqlen_k, head_dim, dtype=dtype, device=device)
+    return q, k, v
+
+
+SHAPES = [  # (B, H, Lq, Lk, D)
+    pytest.param(1, 1, 1, 1, 16, id="one-token"),
+    pytest.param(2, 2, 17, 17, 40, id="one-ragged-tile-D40"),
+    pytest.param(1, 2, 100, 100, 64, id="several-tiles-ragged-end"),
+    pytest.param(1, 1, 130, 130, 128, id="just-past-a-tile-D128"),
+    pytest.param(1, 2, 33, 70, 32, id="cross-wide"),  # causal: rows see only a prefix
+    pytest.param(1, 2, 70, 33, 32, id="cross-tall"),  # causal: rows >= 33 see every key
+    pytest.param(1, 1, 45, 45, 80, id="D80-padded-to-128"),
+    pytest.param(1, 1, 37, 37, 96, id="D96"),
+]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("batch, heads, seqlen_q, seqlen_k, head_dim", SHAPES)
+def test_outputs_and_gradients_match_reference(batch, heads, seqlen_q, seqlen_k, head_dim,
+                                               causal, dtype, device):
+    torch.manual_seed(seqlen_q * 1000 + seqlen_k)
+    q, k, v = qkv(batch, heads, heads, seqlen_q, seqlen_k, head_dim, dtype, device)
+    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, causal=causal),
+                             q, k, v, causal=causal)
+
+
+@pytest.mark.parametrize("head_dim", [16, 32, 256])  # the smallest, a power of two, the largest
+def test_head_dims_at_the_edges(head_dim, device):
+    torch.manual_seed(head_dim)
+    q, k, v = qkv(1, 2, 2, 40, 40, head_dim, torch.float16, device)
+    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, causal=True),
+                             q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("heads_q, heads_kv", [(4, 2), (4, 1)], ids=["gqa", "mqa"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_grouped_query_attention_sums_kv_gradients_over_the_group(heads_q, heads_kv, causal,
+                                                                  dtype, device):
+    torch.manual_seed(heads_kv)
+    q, k, v = qkv(2, heads_q, heads_kv, 37, 29, 32, dtype, device)
+    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, causal=causal),
+                             q, k, v, causal=causal)
+
+
+def test_strided_views_of_a_fused_qkv_projection_run_without_copies(device):
+    torch.manual_seed(7)
+    batch, seqlen, heads, head_dim = 2, 50, 3, 32
+    qkv_proj = torch.randn(batch, seqlen, 3, heads, head_dim, dtype=torch.float16,
+                           device=device)
+    # (B, L, H, D) slices viewed as (B, H, L, D): sequence stride 3*H*D, nothing contiguous.
+    q, k, v = (qkv_proj[:, :, i].transpose(1, 2) for i in range(3))
+    assert not any(t.is_contiguous() for t in (q, k, v))
+    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, causal=True),
+                             q, k, v, causal=True)
+    out = ao.flash_attention(q, k, v)
+    assert out.is_contiguous() and out.shape == q.shape
+
+
+def test_key_and_value_may_have_different_strides(device):
+    torch.manual_seed(8)
+    q, k, _ = qkv(1, 2, 2, 20, 24, 16, torch.float32, device)
+    v = torch.randn(1, 24, 2, 16, device=device).transpose(1, 2)  # (B, L, H, D) layout
+    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v), q, k, v)
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 3.0])
+def test_any_positive_scale(scale, device):
+    torch.manual_seed(9)
+    q, k, v = qkv(1, 2, 2, 33, 33, 16, torch.float32, device)
+    assert_matches_reference(
+        lambda q, k, v: ao.flash_attention(q, k, v, causal=True, scale=scale),
+        q, k, v, causal=True, scale=scale)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_lse_is_the_natural_log_sum_exp_in_float32(causal, dtype, device):
+    torch.manual_seed(10)
+    q, k, v = qkv(1, 2, 2, 40, 50, 32, dtype, device)
+    _, lse = ao.flash_attention(q, k, v, causal=causal, return_lse=True)
+    assert lse.dtype == torch.float32 and lse.shape == (1, 2, 40)
+    _, eager_lse = reference_sdpa(q, k, v, causal=causal, return_lse=True)
+    _, exact_lse = reference_sdpa(q, k, v, causal=causal, return_lse=True,
+                                  compute_dtype=torch.float64)
+    assert_within_eager_error("lse", lse, eager_lse.to(q.dtype), exact_lse)
+
+
+def test_no_keys_gives_zero_output_and_neg_inf_lse(device):
+    q = torch.randn(1, 1, 5, 16, device=device)
+    k = v = torch.randn(1, 1, 0, 16, device=device)
+    out, lse = ao.flash_attention(q, k, v, return_lse=True)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isneginf(lse).all()
+
+
+def test_int64_row_offsets_give_the_same_bits(device):
+    """The 64-bit path used when one head spans > 2**31 elements, forced at small size."""
+    torch.manual_seed(11)
+    q, k, v = qkv(2, 2, 1, 45, 38, 32, torch.float16, device)
+    do = torch.randn_like(q)
+    results = []
+    for int64_rows in (False, True):
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=device)
+        kernels.attention_forward(q, k, v, out, lse, scale=0.2, causal=True, dropout_p=0.0,
+                                  seed=None, int64_rows=int64_rows)
+        grads = [torch.empty_like(t) for t in (q, k, v)]
+        kernels.attention_backward(do, q, k, v, out, lse, *grads, scale=0.2, causal=True,
+                                   dropout_p=0.0, seed=None, int64_rows=int64_rows)
+        results.append([out, lse, *grads])
+    for narrow, wide in zip(*results, strict=True):
+        assert torch.equal(narrow, wide)
+
+
+def test_backward_is_deterministic(device):
+    torch.manual_seed(12)
+    q, k, v = (t.requires_grad_() for t in qkv(1, 4, 2, 70, 70, 32, torch.float16, device))
+    do = torch.randn_like(q)
+    grads = [torch.autograd.grad(ao.flash_attention(q, k, v, causal=True), (q, k, v), do)
+             for _ in range(2)]
+    for first, second in zip(*grads, strict=True):
+        assert torch.equal(first, second)
+
+
+def test_lse_is_not_differentiable(device):
+    q = torch.randn(1, 1, 4, 16, device=device, requires_grad=True)
+    _, lse = ao.flash_attention(q, q, q, return_lse=True)
+    assert not lse.requires_grad
+
+
+@pytest.mark.parametrize(
+    "q_shape, k_shape, message",
+    [
+        ((1, 2, 8), (1, 2, 8), "4-D"),
+        ((1, 3, 8, 16), (1, 2, 8, 16), "multiple"),
+        ((1, 2, 8, 16), (1, 2, 8, 32), "head dims"),
+        ((2, 2, 8, 16), (1, 2, 8, 16), "batch"),
+        ((1, 2, 8, 320), (1, 2, 8, 320), "head_dim 320"),
+    ],
+)
+def test_bad_shapes_raise_before_any_kernel_launch(q_shape, k_shape, message, device,
+                                                   monkeypatch):
+    monkeypatch.setattr("attention_ops.ops.attention_forward", _no_launch)
+    q = torch.randn(q_shape, device=device)
+    k = torch.randn(k_shape, device=device)
+    with pytest.raises(ValueError, match=message):
+        ao.flash_attention(q, k, k)
+
+
+def test_bad_dtypes_values_and_devices_raise(device, monkeypatch):
+    monkeypatch.setattr("attention_ops.ops.attention_forward", _no_launch)
+    q = torch.randn(1, 1, 4, 16, device=device)
+    with pytest.raises(ValueError, match="share a dtype"):
+        ao.flash_attention(q, q.half(), q)
+    with pytest.raises(ValueError, match="float64"):
+        ao.flash_attention(q.double(), q.double(), q.double())
+    with pytest.raises(ValueError, match="dropout_p"):
+        ao.flash_attention(q, q, q, dropout_p=-0.1)
+    with pytest.raises(ValueError, match="scale"):
+        ao.flash_attention(q, q, q, scale=0.0)
+    if device == "cuda":
+        with pytest.raises(ValueError, match="one device"):
+            ao.flash_attention(q, q.cpu(), q)
+
+
+def test_cpu_tensors_without_the_interpreter_raise(monkeypatch):
+    monkeypatch.setattr("attention_ops.flash.is_interpreter", lambda: False)
+    q = torch.randn(1, 1, 4, 16)
+    with pytest.raises(ValueError, match="CUDA"):
+        ao.flash_attention(q, q, q)
+
+
+def _no_launch(*args, **kwargs):
+    raise AssertionError("a kernel was launched on bad input")
+
+
+# --- CUDA only: long sequences and tensors past 2**31 elements -------------------------------
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("seqlen", [1024, 4096])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_long_sequences_on_cuda(seqlen, head_dim, causal, dtype):
+    torch.manual_seed(seqlen + head_dim)
+    q, k, v = qkv(2, 4, 2, seqlen, seqlen, head_dim, dtype, "cuda")
+    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, causal=causal),
+                             q, k, v, causal=causal)
+
+
+@pytest.mark.cuda
+def test_tensors_past_two_to_the_31_elements_on_cuda():
+    # 4097 * 8 * 1024 * 64 = 2**31 + 2**19 elements: the last batch starts past int32.
+    batch, heads, seqlen, head_dim = 4097, 8, 1024, 64
+    q = torch.randn(batch, heads, seqlen, head_dim, dtype=torch.bfloat16, device="cuda")
+    assert q.numel() > 2**31
+    out = ao.flash_attention(q, q, q, causal=True)
+    last = slice(batch - 1, batch)
+    expected = reference_sdpa(q[last], q[last], q[last], causal=True,
+                              compute_dtype=torch.float32)
+    torch.testing.assert_close(out[last].float(), expected, atol=2e-2, rtol=2e-2)
