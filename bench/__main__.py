@@ -1,0 +1,149 @@
+"""``python -m bench``: sweep attention providers over shapes and modes, write CSV, markdown
+and plots. Without CUDA it runs a small correctness-only sweep on the Triton interpreter.
+
+    python -m bench                      # full sweep (GPU), or the CPU smoke sweep
+    python -m bench --quick              # a few shapes
+    python -m bench --seqlens 4096 --head-dims 128 --providers sdpa-flash ours --modes fwd
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.cases import MODES, sweep_cases
+from bench.measure import Row, Timing
+from bench.plots import plot_vs_seqlen
+from bench.providers import PROVIDER_NAMES, providers_named
+from bench.report import (
+    CPU_SMOKE_LABEL,
+    device_name,
+    environment_header,
+    markdown_table,
+    write_csv,
+)
+from bench.sweep import run_sweep
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+COLUMNS = {
+    "provider": "provider", "mode": "mode", "b": "b", "h": "h", "n": "n", "d": "d",
+    "causal": "causal", "dtype": "dtype", "status": "status", "ms": "ms (median)",
+    "tflops": "TFLOP/s", "peak_mib": "peak MiB", "speedup_vs_eager": "x eager",
+    "speedup_vs_best_other": "x best other", "max_err": "max err", "rel_err": "rel err",
+}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to sweep: b*n = tokens and h*d = hidden for every (n, d)."""
+
+    tokens: int
+    hidden: int
+    seqlens: tuple[int, ...]
+    head_dims: tuple[int, ...]
+    causal: tuple[bool, ...]
+    dtypes: tuple[str, ...]
+    modes: tuple[str, ...]
+    providers: tuple[str, ...]
+    warmup_ms: float
+    rep_ms: float
+
+
+GPU_FULL = SweepConfig(
+    tokens=16384, hidden=2048, seqlens=(512, 1024, 2048, 4096, 8192, 16384), head_dims=(64, 128),
+    causal=(True, False), dtypes=("bfloat16",), modes=MODES, providers=PROVIDER_NAMES,
+    warmup_ms=25, rep_ms=100,
+)
+GPU_QUICK = dataclasses.replace(GPU_FULL, seqlens=(1024, 4096), causal=(True,))
+# Interpreter-sized: b=1, h=2, d=32. bf16 is left out: tl.dot on bf16 is wrong in the
+# Triton 3.9 interpreter (see DESIGN.md). rep_ms=0 times each row once.
+CPU_FULL = dataclasses.replace(
+    GPU_FULL, tokens=64, hidden=64, seqlens=(64, 128), head_dims=(32,),
+    dtypes=("float32", "float16"), warmup_ms=0, rep_ms=0,
+)
+CPU_QUICK = dataclasses.replace(CPU_FULL, seqlens=(64,))
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options; every sweep option left out comes from the preset."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few shapes only")
+    p.add_argument("--out", type=Path, help="results folder (default bench/results/<time>)")
+    p.add_argument("--tokens", type=int, help="b * n, tokens per case (GPU default 16384)")
+    p.add_argument("--hidden", type=int, help="h * d, model width per case (GPU default 2048)")
+    p.add_argument("--seqlens", type=int, nargs="+", metavar="N")
+    p.add_argument("--head-dims", type=int, nargs="+", metavar="D")
+    p.add_argument("--causal", type=_bool, nargs="+", metavar="{true,false}")
+    p.add_argument("--dtypes", nargs="+", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--modes", nargs="+", choices=MODES)
+    p.add_argument("--providers", nargs="+", choices=PROVIDER_NAMES)
+    p.add_argument("--warmup-ms", type=float, help="do_bench warm-up budget (default 25)")
+    p.add_argument("--rep-ms", type=float, help="do_bench repetition budget (default 100)")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace, on_cuda: bool) -> SweepConfig:
+    """The preset for this machine and ``--quick``, with the options given on top."""
+    preset = {(True, False): GPU_FULL, (True, True): GPU_QUICK,
+              (False, False): CPU_FULL, (False, True): CPU_QUICK}[(on_cuda, args.quick)]
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)
+             if getattr(args, f.name) is not None}
+    return dataclasses.replace(preset, **{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in given.items()})
+
+
+def write_results(rows: list[Row], header: list[str], plot_title: str, out: Path) -> None:
+    """results.csv, results.md, tflops.png and memory.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = [dataclasses.asdict(r) for r in rows]
+    write_csv(records, out / "results.csv")
+    table = markdown_table(records, COLUMNS)
+    notes = ["", "Columns and FLOP formulas: bench/README.md.", ""]
+    (out / "results.md").write_text("\n".join(header + notes + table) + "\n")
+    plot_vs_seqlen(rows, "tflops", "TFLOP/s", plot_title, out / "tflops.png")
+    plot_vs_seqlen(rows, "peak_mib", "peak memory (MiB)", plot_title, out / "memory.png")
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the sweep and write its results; returns the results folder."""
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    config = resolve_config(args, device.type == "cuda")
+    out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    header = environment_header(device, "attention-ops benchmark")
+    plot_title = device_name(device)
+    if device.type != "cuda":
+        plot_title += f"\n{CPU_SMOKE_LABEL}"
+        print(f"No CUDA device. {CPU_SMOKE_LABEL}.")
+
+    torch.manual_seed(0)
+    cases = list(sweep_cases(
+        tokens=config.tokens, hidden=config.hidden, seqlens=config.seqlens,
+        head_dims=config.head_dims, causals=config.causal,
+        dtypes=[getattr(torch, name) for name in config.dtypes], device=device,
+    ))
+    rows = run_sweep(cases, providers_named(list(config.providers)), config.modes,
+                     Timing(config.warmup_ms, config.rep_ms))
+    rows.sort(key=lambda r: (MODES.index(r.mode), r.d, not r.causal, r.dtype, r.n))
+    write_results(rows, header, plot_title, out)
+    print("\n".join(header + [""] + markdown_table([dataclasses.asdict(r) for r in rows],
+                                                   COLUMNS)))
+    print(f"\nresults: {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

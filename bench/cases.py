@@ -1,0 +1,65 @@
+"""What one benchmark row measures: the attention shape (``Case``), the mode, and its FLOPs."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+# FLOPs of each mode in units of the forward's: the backward does 2.5x the forward's matmul
+# work (five L x L x D products against two), fwd+bwd the sum.
+MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One attention problem: (b, h, n, d) inputs, self-attention (Lq = Lk = n)."""
+
+    b: int
+    h: int
+    n: int
+    d: int
+    causal: bool
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def dtype_name(self) -> str:
+        """``bfloat16`` for ``torch.bfloat16``."""
+        return str(self.dtype).removeprefix("torch.")
+
+    def flops(self, mode: str) -> float:
+        """Matmul FLOPs of ``mode``: fwd = 4*b*h*n*n*d, halved when causal; see MODE_FLOP_FACTOR."""
+        fwd = 4.0 * self.b * self.h * self.n * self.n * self.d
+        if self.causal:
+            fwd /= 2.0
+        return fwd * MODE_FLOP_FACTOR[mode]
+
+    def label(self) -> str:
+        """Short human-readable form, e.g. ``b2 h16 n8192 d128 causal bfloat16``."""
+        mask = "causal" if self.causal else "full"
+        return f"b{self.b} h{self.h} n{self.n} d{self.d} {mask} {self.dtype_name}"
+
+
+def sweep_cases(
+    *,
+    tokens: int,
+    hidden: int,
+    seqlens: Iterable[int],
+    head_dims: Iterable[int],
+    causals: Iterable[bool],
+    dtypes: Iterable[torch.dtype],
+    device: torch.device,
+) -> Iterator[Case]:
+    """Cases with b*n = ``tokens`` and h*d = ``hidden`` (at least one batch row and head).
+
+    The fixed token and width budget keeps the work per case comparable across lengths, as in
+    the FlashAttention papers' benchmarks.
+    """
+    for n, d, causal, dtype in itertools.product(seqlens, head_dims, causals, dtypes):
+        yield Case(b=max(1, tokens // n), h=max(1, hidden // d), n=n, d=d, causal=causal,
+                   dtype=dtype, device=device)

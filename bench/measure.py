@@ -1,0 +1,122 @@
+"""One benchmark row: a provider's attention on one case in one mode, timed and checked."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bench.accuracy import Expected, max_errors
+from bench.cases import Case
+from bench.providers import AttentionFn
+from bench.timing import median_ms, peak_mib
+
+
+@dataclass
+class Row:
+    """One line of the results: the case, the mode, a status and the measurements.
+
+    ``status`` is "ok", "unavailable: <reason>", "OOM" or "error: <exception>"; the numbers are
+    NaN unless it is "ok". Column names (b, h, n, d) follow ../shared/anchors-h100.csv.
+    """
+
+    provider: str
+    mode: str
+    b: int
+    h: int
+    n: int
+    d: int
+    causal: bool
+    dtype: str
+    status: str = "ok"
+    ms: float = math.nan
+    tflops: float = math.nan
+    peak_mib: float = math.nan
+    speedup_vs_eager: float = math.nan
+    speedup_vs_best_other: float = math.nan
+    max_err: float = math.nan
+    rel_err: float = math.nan
+
+    @classmethod
+    def for_case(cls, provider: str, mode: str, case: Case, status: str = "ok") -> Row:
+        """A row for ``case`` with no measurements yet."""
+        return cls(provider, mode, case.b, case.h, case.n, case.d, case.causal, case.dtype_name,
+                   status)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Random (b, h, n, d) query, key, value (requiring grad) and output gradient."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    dout: torch.Tensor
+
+    @classmethod
+    def random(cls, case: Case) -> Inputs:
+        """Fresh ``torch.randn`` tensors for ``case``."""
+        shape, like = (case.b, case.h, case.n, case.d), {"dtype": case.dtype, "device": case.device}
+        q, k, v = (torch.randn(shape, **like, requires_grad=True) for _ in range(3))
+        return cls(q, k, v, torch.randn(shape, **like))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """``do_bench`` warm-up and repetition budgets, in milliseconds."""
+
+    warmup_ms: float
+    rep_ms: float
+
+
+def mode_step(attention: AttentionFn, x: Inputs, mode: str) -> Callable[[], object]:
+    """The closure timed for ``mode``: the forward; the backward of a forward computed here
+    once (its graph retained); or both."""
+    if mode == "fwd":
+        return lambda: attention(x.q, x.k, x.v)
+    if mode == "bwd":
+        out = attention(x.q, x.k, x.v)
+        return lambda: out.backward(x.dout, retain_graph=True)
+    return lambda: attention(x.q, x.k, x.v).backward(x.dout)
+
+
+def mode_errors(attention: AttentionFn, x: Inputs, expected: Expected, mode: str
+                ) -> tuple[float, float]:
+    """Errors against float64 of what ``mode`` computes: the output for fwd, (dq, dk, dv) for
+    bwd, all four for fwd+bwd. Also the warm-up (and, for flex, the compile) of the row."""
+    out = attention(x.q, x.k, x.v)
+    pairs = [] if mode == "bwd" else [(out.detach(), expected.out)]
+    if mode != "fwd":
+        grads = torch.autograd.grad(out, (x.q, x.k, x.v), x.dout)
+        pairs += zip(grads, (expected.dq, expected.dk, expected.dv), strict=True)
+    return max_errors(pairs)
+
+
+def error_status(exc: BaseException) -> str:
+    """``error: <type>: <message>`` on one line."""
+    return f"error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def measure(row: Row, attention: AttentionFn, case: Case, x: Inputs, expected: Expected,
+            timing: Timing) -> Row:
+    """Fill ``row`` with errors, peak memory, median time and TFLOP/s; an OOM or any other
+    exception becomes the row's status instead of ending the sweep."""
+    try:
+        row.max_err, row.rel_err = mode_errors(attention, x, expected, row.mode)
+        step = mode_step(attention, x, row.mode)
+        grads = () if row.mode == "fwd" else (x.q, x.k, x.v)
+        row.peak_mib = peak_mib(step, case.device)
+        row.ms = median_ms(step, device=case.device, warmup_ms=timing.warmup_ms,
+                           rep_ms=timing.rep_ms, grad_to_none=grads)
+        row.tflops = case.flops(row.mode) / (row.ms * 1e-3) / 1e12
+    except torch.cuda.OutOfMemoryError:
+        row.status = "OOM"
+    except Exception as exc:  # any provider failure is a result, not a crash
+        row.status = error_status(exc)
+    if row.status != "ok":
+        row.ms = row.tflops = row.peak_mib = row.max_err = row.rel_err = math.nan
+    for t in (x.q, x.k, x.v):
+        t.grad = None
+    return row

@@ -1,0 +1,65 @@
+"""The provider x case x mode sweep, with a progress bar, and the speedup columns."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from bench.accuracy import float64_reference
+from bench.cases import Case
+from bench.measure import Inputs, Row, Timing, error_status, measure
+from bench.providers import AttentionFn, Provider
+
+
+def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Sequence[str],
+              timing: Timing) -> list[Row]:
+    """One row per (case, provider, mode). All providers of a case share its random inputs
+    and its float64 reference; a provider that cannot run, or fails to build, still gets its
+    rows, with the reason as status."""
+    rows: list[Row] = []
+    bar = tqdm(total=len(cases) * len(providers) * len(modes), unit="row")
+    for case in cases:
+        x = Inputs.random(case)
+        expected = float64_reference(x.q, x.k, x.v, x.dout, causal=case.causal)
+        for provider in providers:
+            bar.set_postfix_str(f"{provider.name} {case.label()}")
+            prepared = _prepare(provider, case)
+            if isinstance(prepared, str):
+                rows += [Row.for_case(provider.name, m, case, prepared) for m in modes]
+                bar.update(len(modes))
+                continue
+            for mode in modes:
+                rows.append(measure(Row.for_case(provider.name, mode, case), prepared, case, x,
+                                    expected, timing))
+                bar.update()
+    bar.close()
+    add_speedups(rows)
+    return rows
+
+
+def _prepare(provider: Provider, case: Case) -> AttentionFn | str:
+    """The provider's attention function for ``case``, or the status its rows get instead."""
+    try:
+        reason = provider.unavailable(case)
+        return provider.build(case) if reason is None else f"unavailable: {reason}"
+    except Exception as exc:  # a provider that fails to build is a result too
+        return error_status(exc)
+
+
+def add_speedups(rows: list[Row]) -> None:
+    """Set each ok row's speedup over eager and over the fastest other ok provider of the same
+    case and mode (time of the other / own time; NaN when there is none)."""
+    def key(row: Row) -> tuple:
+        return (row.b, row.h, row.n, row.d, row.causal, row.dtype, row.mode)
+
+    ok = sorted((r for r in rows if r.status == "ok"), key=key)
+    for _, group in itertools.groupby(ok, key=key):
+        group = list(group)
+        for row in group:
+            eager = [r.ms for r in group if r.provider == "eager"]
+            others = [r.ms for r in group if r.provider != row.provider]
+            row.speedup_vs_eager = eager[0] / row.ms if eager else math.nan
+            row.speedup_vs_best_other = min(others) / row.ms if others else math.nan
