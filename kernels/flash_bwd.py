@@ -56,9 +56,9 @@ def _bwd_delta_kernel(
 def _dkdv_q_loop(
     b_dk, b_dv, b_k, b_v,
     p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
-    offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
+    start_n, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
     start_m, end_m, seqlen_q, seqlen_k, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -87,8 +87,8 @@ def _dkdv_q_loop(
         b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)
         b_pt_dropped = b_pt
         if HAS_DROPOUT:
-            rng_cols = (i_bh * seqlen_q + offs_m) * seqlen_k  # int64: i_bh is
-            b_keep = keep_mask(seed, rng_cols[None, :] + offs_n[:, None], dropout_p)
+            b_keep = tl.trans(keep_mask(seed, i_bh * seqlen_q + offs_m, start_n, seqlen_k,
+                                        dropout_p, BLOCK_M, BLOCK_N))
             b_pt_dropped = tl.where(b_keep, b_pt * dropout_scale, 0.0)
             b_dpt = tl.where(b_keep, b_dpt * dropout_scale, 0.0)
         # [BLOCK_N, D]
@@ -156,15 +156,15 @@ def _attn_bwd_dkdv_kernel(
         p_delta = DELTA + i_bh * seqlen_q
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
-            offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
+            i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
             start_m, tl.minimum(full_start, seqlen_q), seqlen_q, seqlen_k, qk_scale,
-            HEAD_DIM, BLOCK_M, True, HAS_DROPOUT, UPCAST, PRECISION,
+            HEAD_DIM, BLOCK_M, BLOCK_N, True, HAS_DROPOUT, UPCAST, PRECISION,
         )
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
-            offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
+            i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
             full_start, seqlen_q, seqlen_q, seqlen_k, qk_scale,
-            HEAD_DIM, BLOCK_M, False, HAS_DROPOUT, UPCAST, PRECISION,
+            HEAD_DIM, BLOCK_M, BLOCK_N, False, HAS_DROPOUT, UPCAST, PRECISION,
         )
 
     p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh
@@ -181,7 +181,7 @@ def _dq_kv_loop(
     p_k, p_v, stride_kn, stride_vn,
     offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale,
     start_n, end_n, seqlen_k, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -204,7 +204,7 @@ def _dq_kv_loop(
         # [BLOCK_M, BLOCK_N]
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
         if HAS_DROPOUT:
-            b_keep = keep_mask(seed, rng_rows[:, None] + offs_n[None, :], dropout_p)
+            b_keep = keep_mask(seed, rng_rows, start, seqlen_k, dropout_p, BLOCK_M, BLOCK_N)
             b_dp = tl.where(b_keep, b_dp * dropout_scale, 0.0)
         b_ds = b_p * (b_dp - b_delta[:, None])
         # [BLOCK_M, D]
@@ -253,10 +253,9 @@ def _attn_bwd_dq_kernel(
     p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_d[None, :] * stride_vd
 
     seed = 0
-    rng_rows = offs_m.to(tl.int64)
+    rng_rows = i_bh * seqlen_q + offs_m  # global query rows: the dropout stream's key
     if HAS_DROPOUT:
         seed = tl.load(SEED)
-        rng_rows = (i_bh * seqlen_q + offs_m) * seqlen_k
 
     end_n = seqlen_k
     full_end = seqlen_k
@@ -267,12 +266,12 @@ def _attn_bwd_dq_kernel(
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
         offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale, 0, full_end, seqlen_k,
-        qk_scale, HEAD_DIM, BLOCK_N, False, HAS_DROPOUT, UPCAST, PRECISION,
+        qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, False, HAS_DROPOUT, UPCAST, PRECISION,
     )
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
         offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale, full_end, end_n, seqlen_k,
-        qk_scale, HEAD_DIM, BLOCK_N, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
+        qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
     )
     tl.store(DQ + i_b * stride_dqb + i_h * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :] * stride_dqd, (b_dq * sm_scale).to(DQ.dtype.element_ty),

@@ -30,7 +30,7 @@ def _fwd_kv_loop(
     p_k, p_v, stride_kn, stride_vn,
     offs_m, offs_d, rng_rows, seed, dropout_p,
     start_n, end_n, seqlen_k, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -62,7 +62,7 @@ def _fwd_kv_loop(
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         if HAS_DROPOUT:
             # The normaliser uses every weight; only the value sum sees the dropped ones.
-            b_keep = keep_mask(seed, rng_rows[:, None] + offs_n[None, :], dropout_p)
+            b_keep = keep_mask(seed, rng_rows, start, seqlen_k, dropout_p, BLOCK_M, BLOCK_N)
             b_p = tl.where(b_keep, b_p, 0.0)
         # [BLOCK_M, D]
         b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None],
@@ -109,10 +109,9 @@ def _attn_fwd_kernel(
     p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_d[None, :] * stride_vd
 
     seed = 0
-    rng_rows = offs_m.to(tl.int64)
+    rng_rows = i_bh * seqlen_q + offs_m  # global query rows: the dropout stream's key
     if HAS_DROPOUT:
         seed = tl.load(SEED)
-        rng_rows = (i_bh * seqlen_q + offs_m) * seqlen_k
 
     b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -128,12 +127,12 @@ def _attn_fwd_kernel(
     b_acc, b_l, b_m = _fwd_kv_loop(
         b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn,
         offs_m, offs_d, rng_rows, seed, dropout_p, 0, full_end, seqlen_k, qk_scale,
-        HEAD_DIM, BLOCK_N, False, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
+        HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
     )
     b_acc, b_l, b_m = _fwd_kv_loop(
         b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn,
         offs_m, offs_d, rng_rows, seed, dropout_p, full_end, end_n, seqlen_k, qk_scale,
-        HEAD_DIM, BLOCK_N, True, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
+        HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
     )
 
     # A row with no visible key has l = 0: it outputs zeros and an LSE of -inf.
