@@ -88,6 +88,8 @@ def _attn_fwd_kernel(
     """Q: [B, Hq, Lq, D], K/V: [B, Hkv, Lk, D] (any strides), O: [B, Hq, Lq, D],
     LSE: [B, Hq, Lq] fp32 natural log. Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
     i_m = tl.program_id(0)
+    if IS_CAUSAL:  # the last query tiles see the most keys: start them first
+        i_m = tl.num_programs(0) - 1 - i_m
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // n_heads_q
     i_h = i_bh % n_heads_q
