@@ -1,0 +1,82 @@
+"""The benchmarks run end to end at tiny size (on the CPU: the Triton interpreter), so the
+bench code cannot rot unnoticed: files written, our kernel's errors small, every provider
+listed, the GPT training loop running with every attention."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ON_CUDA = torch.cuda.is_available()
+SMOKE_LABEL = "CPU interpreter smoke run: correctness only, timings have no performance meaning"
+PROVIDERS = {"eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "ours"}
+
+
+def run_module(module: str, *args: str) -> str:
+    """``python -m module args`` from the repository root; its stdout."""
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"{module} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> tuple[Path, str]:
+    """The quick sweep at interpreter size (the CPU preset; the same shapes on a GPU)."""
+    out = tmp_path_factory.mktemp("bench")
+    stdout = run_module("bench", "--quick", "--out", str(out), "--tokens", "64", "--hidden", "64",
+                        "--seqlens", "64", "--head-dims", "32", "--dtypes", "float32", "float16")
+    return out, stdout
+
+
+def test_sweep_writes_csv_markdown_and_plots(sweep):
+    out, _ = sweep
+    for name in ("results.csv", "results.md", "tflops.png", "memory.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_sweep_lists_every_provider_in_every_mode(sweep):
+    rows = read_csv(sweep[0] / "results.csv")
+    assert {(r["provider"], r["mode"]) for r in rows} == {
+        (p, m) for p in PROVIDERS for m in ("fwd", "bwd", "fwd+bwd")
+    }
+    assert not [r for r in rows if r["status"].startswith("error")]
+
+
+def test_ours_matches_the_float64_reference(sweep):
+    rows = [r for r in read_csv(sweep[0] / "results.csv") if r["provider"] == "ours"]
+    assert rows and all(r["status"] == "ok" for r in rows)
+    # fwd rows check the output, bwd rows dq/dk/dv, fwd+bwd rows all four.
+    worst = max(rows, key=lambda r: float(r["rel_err"]))
+    assert float(worst["rel_err"]) < 1e-2, worst
+
+
+@pytest.mark.skipif(ON_CUDA, reason="the smoke label and 'no CUDA' rows are for CPU runs")
+def test_cpu_run_is_labelled_and_lists_unavailable_providers(sweep):
+    out, stdout = sweep
+    assert SMOKE_LABEL in stdout
+    assert SMOKE_LABEL in (out / "results.md").read_text()
+    rows = read_csv(out / "results.csv")
+    unavailable = {r["provider"] for r in rows if r["status"] == "unavailable: no CUDA"}
+    assert unavailable == PROVIDERS - {"eager", "ours"}
+
+
+def test_train_gpt_tiny_runs_every_attention_from_the_same_start(tmp_path):
+    run_module("bench.train_gpt", "--tiny", "--out", str(tmp_path))
+    rows = {r["attention"]: r for r in read_csv(tmp_path / "results.csv")}
+    assert set(rows) == {"eager", "triton", "sdpa"}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    # Same seed, same parameters: the first loss differs only by the attention's rounding.
+    eager_loss = float(rows["eager"]["first_loss"])
+    for r in rows.values():
+        assert float(r["first_loss"]) == pytest.approx(eager_loss, rel=1e-2)
+        assert float(r["last_loss"]) < float(r["first_loss"])
