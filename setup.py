@@ -1,6 +1,6 @@
 """Packaging for attention-ops: fused Triton attention kernels for PyTorch."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="attention-ops",
@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # `kernels` (Triton code only) installs as a top-level package beside `attention_ops`.
-    packages=["attention_ops", "attention_ops.integrations", "kernels"],
+    packages=find_packages(include=["attention_ops", "attention_ops.*", "kernels"]),
     install_requires=["torch>=2.4", "triton>=3.2"],
     extras_require={
         # numpy: the Triton interpreter (TRITON_INTERPRET=1) runs kernels on it.

@@ -46,6 +46,7 @@ def fwd_configs() -> list[triton.Config]:
         _config(64, 64, 4, 3),
         _config(128, 32, 4, 2),
         _config(64, 32, 4, 2),
+        _config(32, 32, 4, 1),  # fits float32 at head dim 256
     ]
 
 
@@ -57,6 +58,8 @@ def bwd_configs() -> list[triton.Config]:
         _config(32, 128, 8, 2),
         _config(32, 64, 4, 2),
         _config(128, 64, 8, 2),
+        _config(128, 32, 4, 2),
+        _config(32, 32, 4, 1),  # fits float32 at head dim 256
     ]
 
 
