@@ -56,10 +56,10 @@ def add_speedups(rows: list[Row]) -> None:
         return (row.b, row.h, row.n, row.d, row.causal, row.dtype, row.mode)
 
     ok = sorted((r for r in rows if r.status == "ok"), key=key)
-    for _, group in itertools.groupby(ok, key=key):
-        group = list(group)
+    for _, same_problem in itertools.groupby(ok, key=key):
+        group = list(same_problem)
+        eager_ms = next((r.ms for r in group if r.provider == "eager"), math.nan)
         for row in group:
-            eager = [r.ms for r in group if r.provider == "eager"]
             others = [r.ms for r in group if r.provider != row.provider]
-            row.speedup_vs_eager = eager[0] / row.ms if eager else math.nan
+            row.speedup_vs_eager = eager_ms / row.ms
             row.speedup_vs_best_other = min(others) / row.ms if others else math.nan
