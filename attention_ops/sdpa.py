@@ -1,0 +1,223 @@
+"""``scaled_dot_product_attention``: a drop-in for PyTorch's, on the fused kernel when it can.
+
+Calls the fused kernel covers (no ``attn_mask``, supported device, dtype and head dim) run
+``flash_attention``; every other valid call runs the eager math in ``attention_ops.reference``
+with the same semantics as ``torch.nn.functional.scaled_dot_product_attention``. Leaving the
+fused kernel warns once per reason, or raises under ``strict()`` / ``set_strict(True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from attention_ops import reference
+from attention_ops.flash import flash_attention, fused_path_problem
+from attention_ops.validation import check_dropout_p
+
+
+class FusedPathUnavailableError(RuntimeError):
+    """Raised in strict mode when a call would leave the fused kernel for the eager path."""
+
+
+_strict = False
+_warned_reasons: set[str] = set()
+
+
+def set_strict(enabled: bool = True) -> bool:
+    """Make calls that cannot use the fused kernel raise instead of warning; returns the old
+    setting.
+
+    Args:
+        enabled: True raises ``FusedPathUnavailableError`` where the eager path would run;
+            False (the default mode) runs the eager path and warns once per reason.
+    """
+    global _strict
+    previous, _strict = _strict, bool(enabled)
+    return previous
+
+
+@contextlib.contextmanager
+def strict(enabled: bool = True) -> Iterator[None]:
+    """Context manager form of ``set_strict``: the previous setting returns on exit.
+
+    Example:
+        >>> with attention_ops.strict():
+        ...     out = attention_ops.scaled_dot_product_attention(q, k, v, is_causal=True)
+    """
+    previous = set_strict(enabled)
+    try:
+        yield
+    finally:
+        set_strict(previous)
+
+
+def _leave_fused_path(reason: str) -> None:
+    """Raise in strict mode; otherwise warn the first time ``reason`` comes up."""
+    if _strict:
+        raise FusedPathUnavailableError(f"scaled_dot_product_attention: {reason} (strict mode)")
+    if reason not in _warned_reasons:
+        _warned_reasons.add(reason)
+        warnings.warn(
+            f"scaled_dot_product_attention runs the eager path: {reason}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _shapes(*tensors: torch.Tensor) -> str:
+    return ", ".join(str(tuple(t.shape)) for t in tensors)
+
+
+def _check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  enable_gqa: bool) -> None:
+    """The input errors torch's SDPA raises, as ValueErrors that say what is wrong."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < (3 if enable_gqa else 2):
+            raise ValueError(f"{name} must be at least {3 if enable_gqa else 2}-D "
+                             f"(..., {'heads, ' if enable_gqa else ''}seqlen, dim), "
+                             f"got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if not query.dtype == key.dtype == value.dtype:
+        raise ValueError(f"query, key, value must share a dtype, got {query.dtype}, "
+                         f"{key.dtype}, {value.dtype}")
+    if not query.device == key.device == value.device:
+        raise ValueError(f"query, key, value must be on one device, got {query.device}, "
+                         f"{key.device}, {value.device}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"query and key embedding dims differ: {_shapes(query, key)}")
+    if key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"key and value sequence lengths differ: {_shapes(key, value)}")
+
+
+def _as_4d(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, enable_gqa: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """Broadcast the leading dims and flatten them to (B, H, L, E), views where possible.
+
+    The dim before (L, E) is the heads dim. With ``enable_gqa`` key/value keep their own
+    head count (the kernels serve each key/value head to Hq // Hkv query heads); otherwise
+    heads broadcast like any leading dim, as in torch's matmul.
+
+    Returns:
+        q (B, Hq, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev) and the leading dims of the
+        output (..., Hq), or () for unbatched (L, E) inputs, so the output (B, Hq, L, Ev)
+        reshapes to (..., Hq, L, Ev).
+    """
+    dims = max(query.dim(), key.dim(), value.dim())
+    ndim = max(dims, 3)
+    query, key, value = (t.view((1,) * (ndim - t.dim()) + t.shape) for t in (query, key, value))
+    heads_q, heads_k, heads_v = query.shape[-3], key.shape[-3], value.shape[-3]
+    try:
+        batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+        if not enable_gqa:
+            heads_q = heads_k = heads_v = torch.broadcast_shapes(
+                (heads_q,), (heads_k,), (heads_v,))[0]
+    except RuntimeError as err:
+        raise ValueError(f"query, key, value leading dims do not broadcast: "
+                         f"{_shapes(query, key, value)}") from err
+    if enable_gqa:
+        if heads_q % heads_k != 0 or heads_q % heads_v != 0:
+            raise ValueError(f"with enable_gqa, key heads ({heads_k}) and value heads "
+                             f"({heads_v}) must divide query heads ({heads_q})")
+        if heads_k != heads_v:  # each side serves the query heads on its own
+            key = key.repeat_interleave(heads_q // heads_k, dim=-3)
+            value = value.repeat_interleave(heads_q // heads_v, dim=-3)
+            heads_k = heads_v = heads_q
+    flat = math.prod(batch)
+    q = query.expand(*batch, heads_q, *query.shape[-2:]).reshape(flat, heads_q, *query.shape[-2:])
+    k = key.expand(*batch, heads_k, *key.shape[-2:]).reshape(flat, heads_k, *key.shape[-2:])
+    v = value.expand(*batch, heads_v, *value.shape[-2:]).reshape(flat, heads_v, *value.shape[-2:])
+    return q, k, v, (*batch, heads_q) if dims > 2 else ()
+
+
+def _check_mask(attn_mask: torch.Tensor, query: torch.Tensor, scores_shape: tuple[int, ...],
+                is_causal: bool) -> None:
+    if is_causal:
+        raise ValueError("pass either is_causal=True or attn_mask, not both")
+    if attn_mask.dtype not in (torch.bool, torch.float32, query.dtype):
+        raise ValueError(f"attn_mask must be bool, float32 or the query dtype ({query.dtype}), "
+                         f"got {attn_mask.dtype}")
+    if attn_mask.device != query.device:
+        raise ValueError(f"attn_mask is on {attn_mask.device}, query on {query.device}")
+    try:
+        fits = torch.broadcast_shapes(attn_mask.shape, scores_shape) == scores_shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+                         f"the attention weights' shape {scores_shape}")
+
+
+def _fused_path_problem(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+    scale: float | None,
+) -> str | None:
+    if attn_mask is not None:
+        return "attn_mask given (the fused kernel masks only causally)"
+    if scale is not None and not scale > 0.0:
+        return f"scale {scale} (the fused kernel takes a positive scale)"
+    return fused_path_problem(q, k, v)
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    *,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention``, fused where it can be.
+
+    Args:
+        query: (..., Hq, L, E) queries; leading dims broadcast against key's and value's.
+        key: (..., Hkv, S, E) keys.
+        value: (..., Hkv, S, Ev) values.
+        attn_mask: broadcastable to (..., Hq, L, S); bool means "True takes part", a float
+            mask (float32 or the query dtype) is added to the scores. Runs the eager path.
+        dropout_p: drop probability on the attention weights, survivors scaled by 1/(1-p).
+            Dropout acts whenever p > 0 (pass 0.0 in eval).
+        is_causal: query i attends to keys j <= i, top-left aligned when L != S. Not
+            allowed together with ``attn_mask``.
+        scale: multiplies the scores; default 1/sqrt(E).
+        enable_gqa: Hkv may divide Hq (grouped-query attention); otherwise heads broadcast.
+
+    Returns:
+        (..., Hq, L, Ev) in the input dtype. A query row whose keys are all masked gives zeros.
+
+    Raises:
+        ValueError: on inputs torch's SDPA rejects (shapes that do not line up, mixed dtypes
+            or devices, a mask that does not broadcast, ``attn_mask`` with ``is_causal``,
+            ``dropout_p`` outside [0, 1]).
+        FusedPathUnavailableError: in strict mode, where the call would run the eager path.
+
+    Example:
+        >>> out = scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, E)
+    """
+    _check_inputs(query, key, value, enable_gqa)
+    check_dropout_p(dropout_p)
+    q, k, v, lead = _as_4d(query, key, value, enable_gqa)
+    if attn_mask is not None:
+        _check_mask(attn_mask, query, (*lead, q.shape[2], k.shape[2]), is_causal)
+        attn_mask = attn_mask.expand(*lead, q.shape[2], k.shape[2]).reshape(
+            q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    problem = _fused_path_problem(q, k, v, attn_mask, scale)
+    if problem is None:
+        out = flash_attention(q, k, v, causal=is_causal, dropout_p=dropout_p, scale=scale)
+    else:
+        _leave_fused_path(problem)
+        out = reference.scaled_dot_product_attention(
+            q, k, v, causal=is_causal, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p
+        )
+    return out.reshape(*lead, q.shape[2], v.shape[3])
