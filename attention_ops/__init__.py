@@ -13,16 +13,29 @@ from attention_ops.modules import (
     SelfAttentionV1,
     SelfAttentionV2,
 )
+from attention_ops.patching import SDPAPatch, patch_sdpa
+from attention_ops.sdpa import (
+    FusedPathUnavailableError,
+    scaled_dot_product_attention,
+    set_strict,
+    strict,
+)
 
 __all__ = [
     "CausalAttention",
     "FlashAttentionFunction",
+    "FusedPathUnavailableError",
     "MultiHeadAttention",
     "MultiHeadAttentionWrapper",
+    "SDPAPatch",
     "SelfAttentionV1",
     "SelfAttentionV2",
     "draw_dropout_seed",
     "dropout_keep_mask",
     "flash_attention",
+    "patch_sdpa",
     "reference",
+    "scaled_dot_product_attention",
+    "set_strict",
+    "strict",
 ]
