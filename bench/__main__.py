@@ -79,17 +79,24 @@ def _bool(text: str) -> bool:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options; every sweep option left out comes from the preset."""
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Sweep attention providers over shapes and modes; write CSV, markdown "
+                    "and plots. Without CUDA: a small correctness-only sweep on the Triton "
+                    "interpreter.",
+    )
     p.add_argument("--quick", action="store_true", help="a few shapes only")
     p.add_argument("--out", type=Path, help="results folder (default bench/results/<time>)")
     p.add_argument("--tokens", type=int, help="b * n, tokens per case (GPU default 16384)")
     p.add_argument("--hidden", type=int, help="h * d, model width per case (GPU default 2048)")
-    p.add_argument("--seqlens", type=int, nargs="+", metavar="N")
-    p.add_argument("--head-dims", type=int, nargs="+", metavar="D")
-    p.add_argument("--causal", type=_bool, nargs="+", metavar="{true,false}")
+    p.add_argument("--seqlens", type=int, nargs="+", metavar="N", help="sequence lengths")
+    p.add_argument("--head-dims", type=int, nargs="+", metavar="D", help="head dims")
+    p.add_argument("--causal", type=_bool, nargs="+", metavar="{true,false}",
+                   help="causal masking, full attention or both")
     p.add_argument("--dtypes", nargs="+", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--modes", nargs="+", choices=MODES)
-    p.add_argument("--providers", nargs="+", choices=PROVIDER_NAMES)
+    p.add_argument("--providers", nargs="+", choices=PROVIDER_NAMES, metavar="PROVIDER",
+                   help=f"any of {', '.join(PROVIDER_NAMES)} (default all)")
     p.add_argument("--warmup-ms", type=float, help="do_bench warm-up budget (default 25)")
     p.add_argument("--rep-ms", type=float, help="do_bench repetition budget (default 100)")
     return p.parse_args(argv)
