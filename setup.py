@@ -11,10 +11,10 @@ setup(
     python_requires=">=3.10",
     # `kernels` (Triton code only) installs as a top-level package beside `attention_ops`.
     packages=find_packages(include=["attention_ops", "attention_ops.*", "kernels"]),
-    install_requires=["torch>=2.4", "triton>=3.2"],
+    install_requires=["torch>=2.5", "triton>=3.2"],
     extras_require={
         # numpy: the Triton interpreter (TRITON_INTERPRET=1) runs kernels on it.
-        "test": ["pytest", "pytest-benchmark", "numpy"],
+        "test": ["pytest", "pytest-benchmark", "numpy", "transformers"],
         "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
     },
 )

@@ -31,24 +31,41 @@ def fused_path_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str
     return None
 
 
+def expand_bool_mask(attn_mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     causal: bool) -> torch.Tensor:
+    """Check a bool mask and view it as (B, Hq, Lq, Lk) with zero strides where it broadcasts."""
+    if causal:
+        raise ValueError("pass either causal=True or attn_mask, not both")
+    if attn_mask.dtype != torch.bool:
+        raise ValueError(f"flash_attention takes a bool attn_mask, got {attn_mask.dtype}")
+    if attn_mask.device != q.device:
+        raise ValueError(f"attn_mask is on {attn_mask.device}, q on {q.device}")
+    shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    try:
+        return attn_mask.expand(shape)
+    except RuntimeError:
+        raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+                         f"(B, Hq, Lq, Lk) = {shape}") from None
+
+
 class FlashAttentionFunction(torch.autograd.Function):
     """Fused attention with a fused backward. Inputs are validated by ``flash_attention``."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, dropout_p: float, scale: float, seed):
-        out, lse = ops.flash_attention_fwd(q, k, v, seed, scale, causal, dropout_p)
-        ctx.save_for_backward(q, k, v, out, lse, seed)
+    def forward(ctx, q, k, v, attn_mask, causal: bool, dropout_p: float, scale: float, seed):
+        out, lse = ops.flash_attention_fwd(q, k, v, seed, attn_mask, scale, causal, dropout_p)
+        ctx.save_for_backward(q, k, v, out, lse, seed, attn_mask)
         ctx.causal, ctx.dropout_p, ctx.scale = causal, dropout_p, scale
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, seed = ctx.saved_tensors
+        q, k, v, out, lse, seed, attn_mask = ctx.saved_tensors
         dq, dk, dv = ops.flash_attention_bwd(
-            dout, q, k, v, out, lse, seed, ctx.scale, ctx.causal, ctx.dropout_p
+            dout, q, k, v, out, lse, seed, attn_mask, ctx.scale, ctx.causal, ctx.dropout_p
         )
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def flash_attention(
@@ -61,6 +78,7 @@ def flash_attention(
     scale: float | None = None,
     return_lse: bool = False,
     generator: torch.Generator | None = None,
+    attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Fused scaled dot-product attention, forward and backward in Triton.
 
@@ -75,6 +93,10 @@ def flash_attention(
         scale: multiplies the scores; default 1/sqrt(D).
         return_lse: also return the log-sum-exp of the scaled, masked scores.
         generator: random generator for the dropout seed (default: the device's).
+        attn_mask: optional bool mask broadcastable to (B, Hq, Lq, Lk), True where a key takes
+            part (e.g. padding); read in place through zero strides, never expanded in
+            memory. Not together with ``causal`` (fold the causal rule into the mask). A row
+            with no key left gives zeros, as SDPA does.
 
     Returns:
         out (B, Hq, Lq, D), a fresh contiguous tensor in the input dtype; with ``return_lse``
@@ -82,8 +104,8 @@ def flash_attention(
 
     Raises:
         ValueError: on inconsistent shapes, devices or dtypes, Hq % Hkv != 0, D > 256, a bad
-            ``dropout_p`` or ``scale``, or tensors the kernel cannot run on (CPU tensors
-            without ``TRITON_INTERPRET=1``).
+            ``dropout_p``, ``scale`` or ``attn_mask``, or tensors the kernel cannot run on
+            (CPU tensors without ``TRITON_INTERPRET=1``).
 
     Example:
         >>> q, k, v = (torch.randn(2, 8, 1024, 64, device="cuda", dtype=torch.bfloat16)
@@ -96,7 +118,10 @@ def flash_attention(
     problem = fused_path_problem(q, k, v)
     if problem is not None:
         raise ValueError(f"flash_attention cannot run on these inputs: {problem}")
+    if attn_mask is not None:
+        attn_mask = expand_bool_mask(attn_mask, q, k, causal)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     seed = draw_dropout_seed(q.device, generator) if dropout_p > 0.0 else None
-    out, lse = FlashAttentionFunction.apply(q, k, v, causal, float(dropout_p), scale, seed)
+    out, lse = FlashAttentionFunction.apply(q, k, v, attn_mask, causal, float(dropout_p), scale,
+                                            seed)
     return (out, lse) if return_lse else out

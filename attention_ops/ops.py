@@ -18,21 +18,23 @@ def flash_attention_fwd(
     k: torch.Tensor,
     v: torch.Tensor,
     seed: torch.Tensor | None,
+    attn_mask: torch.Tensor | None,
     scale: float,
     causal: bool,
     dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D) -> out (B, Hq, Lq, D), lse (B, Hq, Lq) fp32."""
+    """q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D), optional bool attn_mask expanded to
+    (B, Hq, Lq, Lk) -> out (B, Hq, Lq, D), lse (B, Hq, Lq) fp32."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     if out.numel() > 0:
         attention_forward(q, k, v, out, lse, scale=scale, causal=causal, dropout_p=dropout_p,
-                          seed=seed)
+                          seed=seed, attn_mask=attn_mask)
     return out, lse
 
 
 @flash_attention_fwd.register_fake
-def _(q, k, v, seed, scale, causal, dropout_p):
+def _(q, k, v, seed, attn_mask, scale, causal, dropout_p):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
@@ -45,6 +47,7 @@ def flash_attention_bwd(
     out: torch.Tensor,
     lse: torch.Tensor,
     seed: torch.Tensor | None,
+    attn_mask: torch.Tensor | None,
     scale: float,
     causal: bool,
     dropout_p: float,
@@ -55,12 +58,12 @@ def flash_attention_bwd(
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if dq.numel() > 0 and dk.numel() > 0:
         attention_backward(do, q, k, v, out, lse, dq, dk, dv, scale=scale, causal=causal,
-                           dropout_p=dropout_p, seed=seed)
+                           dropout_p=dropout_p, seed=seed, attn_mask=attn_mask)
     else:  # an empty query or key side: every gradient is zero (or empty)
         dq.zero_(), dk.zero_(), dv.zero_()
     return dq, dk, dv
 
 
 @flash_attention_bwd.register_fake
-def _(do, q, k, v, out, lse, seed, scale, causal, dropout_p):
+def _(do, q, k, v, out, lse, seed, attn_mask, scale, causal, dropout_p):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)

@@ -25,7 +25,8 @@ from .configs import (
     seqlen_bucket,
 )
 from .dropout import keep_mask
-from .flash_fwd import LOG2E, kernel_flags, needs_int64_rows
+from .flash_fwd import LOG2E, kernel_flags, mask_args, needs_int64_rows
+from .masking import visible
 
 
 @triton.jit
@@ -55,17 +56,17 @@ def _bwd_delta_kernel(
 @triton.jit
 def _dkdv_q_loop(
     b_dk, b_dv, b_k, b_v,
-    p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
+    p_q, p_do, p_lse, p_delta, stride_qm, stride_dom, p_mask, stride_mm, stride_mn,
     start_n, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
     start_m, end_m, seqlen_q, seqlen_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Accumulate dK, dV of one key tile over query tiles [start_m, end_m), in transposed
     form ([BLOCK_N, BLOCK_M] tiles) so no tile needs a transpose before its dot. MASKED tiles
-    straddle the causal diagonal. Rows past Lq load dO = 0 and delta = 0 and so add nothing;
-    columns past Lk are never stored."""
+    straddle the causal diagonal or lie under a boolean mask. Rows past Lq load dO = 0 and
+    delta = 0 and so add nothing; columns past Lk are never stored."""
     m_d = offs_d < HEAD_DIM
     for start in range(start_m, end_m, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
@@ -82,7 +83,9 @@ def _dkdv_q_loop(
         b_pt = tl.exp2(tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION) * qk_scale
                        - b_lse[None, :])
         if MASKED:
-            b_pt = tl.where(offs_n[:, None] <= offs_m[None, :], b_pt, 0.0)
+            m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mm,
+                                stride_mn, IS_CAUSAL, HAS_MASK)
+            b_pt = tl.where(tl.trans(m_visible), b_pt, 0.0)
         # [BLOCK_N, BLOCK_M]
         b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)
         b_pt_dropped = b_pt
@@ -101,7 +104,7 @@ def _dkdv_q_loop(
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, SEED,
+    Q, K, V, DO, DK, DV, LSE, DELTA, SEED, MASK,
     sm_scale, qk_scale, dropout_p, dropout_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -109,10 +112,11 @@ def _attn_bwd_dkdv_kernel(
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
     n_heads_kv, group_size, seqlen_q, seqlen_k, seqlen_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
 ):
     """dK, dV: [B, Hkv, Lk, D]; LSE (log2 domain) and DELTA: [B, Hq, Lq] fp32.
@@ -138,12 +142,14 @@ def _attn_bwd_dkdv_kernel(
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
     # Causal: query rows before this key tile never see it; tiles from full_start on see it
-    # whole; the ones between straddle the diagonal.
+    # whole; the ones between straddle the diagonal. A boolean mask makes every tile masked.
     start_m = 0
     full_start = 0
+    if HAS_MASK:
+        full_start = seqlen_q
     if IS_CAUSAL:
         start_m = ((i_n * BLOCK_N) // BLOCK_M) * BLOCK_M
-        full_start = tl.cdiv(i_n * BLOCK_N + BLOCK_N - 1, BLOCK_M) * BLOCK_M
+        full_start = tl.maximum(full_start, tl.cdiv(i_n * BLOCK_N + BLOCK_N - 1, BLOCK_M) * BLOCK_M)
     seed = 0
     if HAS_DROPOUT:
         seed = tl.load(SEED)
@@ -154,17 +160,20 @@ def _attn_bwd_dkdv_kernel(
         p_do = DO + i_b * stride_dob + i_h * stride_doh + offs_d[None, :] * stride_dod
         p_lse = LSE + i_bh * seqlen_q
         p_delta = DELTA + i_bh * seqlen_q
+        p_mask = MASK + i_b * stride_mb + i_h * stride_mh
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
+            p_mask, stride_mm, stride_mn,
             i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
             start_m, tl.minimum(full_start, seqlen_q), seqlen_q, seqlen_k, qk_scale,
-            HEAD_DIM, BLOCK_M, BLOCK_N, True, HAS_DROPOUT, UPCAST, PRECISION,
+            HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
         )
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
+            p_mask, stride_mm, stride_mn,
             i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
             full_start, seqlen_q, seqlen_q, seqlen_k, qk_scale,
-            HEAD_DIM, BLOCK_M, BLOCK_N, False, HAS_DROPOUT, UPCAST, PRECISION,
+            HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
         )
 
     p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh
@@ -178,15 +187,16 @@ def _attn_bwd_dkdv_kernel(
 @triton.jit
 def _dq_kv_loop(
     b_dq, b_q, b_do, b_lse, b_delta,
-    p_k, p_v, stride_kn, stride_vn,
+    p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
     offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale,
-    start_n, end_n, seqlen_k, qk_scale,
+    start_n, end_n, seqlen_q, seqlen_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Accumulate dQ of one query tile over key tiles [start_n, end_n). Keys past Lk load as
-    zeros and add nothing; MASKED tiles straddle the causal diagonal."""
+    zeros and add nothing; MASKED tiles straddle the causal diagonal or lie under a boolean
+    mask."""
     m_d = offs_d < HEAD_DIM
     for start in range(start_n, end_n, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
@@ -200,7 +210,9 @@ def _dq_kv_loop(
         b_p = tl.exp2(tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
                       - b_lse[:, None])
         if MASKED:
-            b_p = tl.where(offs_n[None, :] <= offs_m[:, None], b_p, 0.0)
+            m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mm,
+                                stride_mn, IS_CAUSAL, HAS_MASK)
+            b_p = tl.where(m_visible, b_p, 0.0)
         # [BLOCK_M, BLOCK_N]
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
         if HAS_DROPOUT:
@@ -214,17 +226,18 @@ def _dq_kv_loop(
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA, SEED,
+    Q, K, V, DO, DQ, LSE, DELTA, SEED, MASK,
     sm_scale, qk_scale, dropout_p, dropout_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_mb, stride_mh, stride_mm, stride_mn,
     n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
 ):
     """dQ: [B, Hq, Lq, D]. Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
@@ -259,21 +272,28 @@ def _attn_bwd_dq_kernel(
     if HAS_DROPOUT:
         seed = tl.load(SEED)
 
+    p_mask = MASK + i_b * stride_mb + i_h * stride_mh
+    # Tiles before full_end are wholly visible; the rest straddle the causal diagonal or lie
+    # under a boolean mask.
     end_n = seqlen_k
     full_end = seqlen_k
+    if HAS_MASK:
+        full_end = 0
     if IS_CAUSAL:
         end_n = tl.minimum(seqlen_k, (i_m + 1) * BLOCK_M)
-        full_end = tl.minimum(seqlen_k, ((i_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
+        full_end = tl.minimum(full_end, ((i_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
-        offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale, 0, full_end, seqlen_k,
-        qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, False, HAS_DROPOUT, UPCAST, PRECISION,
+        p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, dropout_p,
+        dropout_scale, 0, full_end, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N,
+        False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
     )
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
-        offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale, full_end, end_n, seqlen_k,
-        qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
+        p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, dropout_p,
+        dropout_scale, full_end, end_n, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M,
+        BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
     )
     tl.store(DQ + i_b * stride_dqb + i_h * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :] * stride_dqd, (b_dq * sm_scale).to(DQ.dtype.element_ty),
@@ -287,7 +307,7 @@ def _tuned_kernel(kernel):
     if kernel not in _tuned:
         _tuned[kernel] = triton.autotune(
             configs=bwd_configs(),
-            key=["HEAD_DIM", "IS_CAUSAL", "HAS_DROPOUT", "seqlen_bucket"],
+            key=["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_DROPOUT", "seqlen_bucket"],
             prune_configs_by={"early_config_prune": prune_for_head_dim},
         )(kernel)
     return _tuned[kernel]
@@ -320,12 +340,13 @@ def attention_backward(
     causal: bool,
     dropout_p: float,
     seed: torch.Tensor | None,
+    attn_mask: torch.Tensor | None = None,
     int64_rows: bool | None = None,
 ) -> None:
     """Launch the backward: fills dq (shape of q), dk and dv (shape of k, v).
 
-    ``out`` and ``lse`` are the forward's results, ``seed`` the forward's dropout seed. All
-    tensors may have any strides.
+    ``out`` and ``lse`` are the forward's results, ``seed`` and ``attn_mask`` the forward's
+    (see ``attention_forward``). All tensors may have any strides.
     """
     batch, n_heads_q, seqlen_q, head_dim = q.shape
     n_heads_kv, seqlen_k = k.shape[1], k.shape[2]
@@ -341,26 +362,28 @@ def attention_backward(
         out, do, delta, *out.stride(), *do.stride(), n_heads_q, seqlen_q,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m,
     )
-    lse_log2 = lse * LOG2E
+    # A row that saw no key (lse = -inf) gets +inf, so its recomputed weights are exp2(-inf) = 0.
+    lse_log2 = torch.where(lse == float("-inf"), float("inf"), lse * LOG2E)
     common = (
         scale, scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(),
     )
     bucket = seqlen_bucket(max(seqlen_q, seqlen_k))
     flags = dict(
-        HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, HAS_DROPOUT=has_dropout,
-        INT64_ROWS=int64_rows, **kernel_flags(q),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, HAS_MASK=attn_mask is not None,
+        HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows, **kernel_flags(q),
     )
     seed_arg = seed if has_dropout else lse
+    mask_ptr, *mask_strides = mask_args(attn_mask, lse)
     _launch(
         _attn_bwd_dkdv_kernel, seqlen_k, batch * n_heads_kv,
-        (q, k, v, do, dk, dv, lse_log2, delta, seed_arg, *common, *dk.stride(), *dv.stride(),
-         n_heads_kv, group_size, seqlen_q, seqlen_k, bucket),
+        (q, k, v, do, dk, dv, lse_log2, delta, seed_arg, mask_ptr, *common, *dk.stride(),
+         *dv.stride(), *mask_strides, n_heads_kv, group_size, seqlen_q, seqlen_k, bucket),
         flags,
     )
     _launch(
         _attn_bwd_dq_kernel, seqlen_q, batch * n_heads_q,
-        (q, k, v, do, dq, lse_log2, delta, seed_arg, *common, *dq.stride(),
-         n_heads_q, group_size, seqlen_q, seqlen_k, bucket),
+        (q, k, v, do, dq, lse_log2, delta, seed_arg, mask_ptr, *common, *dq.stride(),
+         *mask_strides, n_heads_q, group_size, seqlen_q, seqlen_k, bucket),
         flags,
     )

@@ -20,6 +20,7 @@ from .configs import (
     seqlen_bucket,
 )
 from .dropout import keep_mask
+from .masking import visible
 
 LOG2E = 1.4426950408889634
 
@@ -27,15 +28,15 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _fwd_kv_loop(
     b_acc, b_l, b_m, b_q,
-    p_k, p_v, stride_kn, stride_vn,
+    p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
     offs_m, offs_d, rng_rows, seed, dropout_p,
-    start_n, end_n, seqlen_k, qk_scale,
+    start_n, end_n, seqlen_q, seqlen_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Accumulate key tiles [start_n, end_n). MASKED tiles apply the causal and length masks;
-    the others (the bulk of the work) skip them."""
+    """Accumulate key tiles [start_n, end_n). MASKED tiles apply the length, causal and
+    boolean masks; the others (the bulk of the work) skip them."""
     m_d = offs_d < HEAD_DIM
     for start in range(start_n, end_n, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
@@ -50,9 +51,8 @@ def _fwd_kv_loop(
         # [BLOCK_M, BLOCK_N]
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
         if MASKED:
-            m_s = offs_n[None, :] < seqlen_k
-            if IS_CAUSAL:
-                m_s = m_s & (offs_n[None, :] <= offs_m[:, None])
+            m_s = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mm, stride_mn,
+                          IS_CAUSAL, HAS_MASK)
             b_s = tl.where(m_s, b_s, float("-inf"))
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
         # A row that has seen only masked keys keeps m = -inf; subtract 0 instead of -inf.
@@ -73,20 +73,22 @@ def _fwd_kv_loop(
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, O, LSE, SEED,
+    Q, K, V, O, LSE, SEED, MASK,
     qk_scale, dropout_p, dropout_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
+    stride_mb, stride_mh, stride_mm, stride_mn,
     n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
 ):
     """Q: [B, Hq, Lq, D], K/V: [B, Hkv, Lk, D] (any strides), O: [B, Hq, Lq, D],
-    LSE: [B, Hq, Lq] fp32 natural log. Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
+    LSE: [B, Hq, Lq] fp32 natural log, MASK: [B, Hq, Lq, Lk] uint8 (broadcast by zero strides).
+    Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
     i_m = tl.program_id(0)
     if IS_CAUSAL:  # the last query tiles see the most keys: start them first
         i_m = tl.num_programs(0) - 1 - i_m
@@ -109,6 +111,7 @@ def _attn_fwd_kernel(
         b_q = b_q.to(tl.float32)
     p_k = K + i_b * stride_kb + i_hk * stride_kh + offs_d[None, :] * stride_kd
     p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_d[None, :] * stride_vd
+    p_mask = MASK + i_b * stride_mb + i_h * stride_mh
 
     seed = 0
     rng_rows = i_bh * seqlen_q + offs_m  # global query rows: the dropout stream's key
@@ -120,21 +123,24 @@ def _attn_fwd_kernel(
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
 
     # Key tiles every row of this query tile fully sees need no mask; the rest (the causal
-    # diagonal and the ragged end of K) do.
+    # diagonal, the ragged end of K, every tile under a boolean mask) do.
     end_n = seqlen_k
     full_end = (seqlen_k // BLOCK_N) * BLOCK_N
+    if HAS_MASK:
+        full_end = 0
     if IS_CAUSAL:
         end_n = tl.minimum(seqlen_k, (i_m + 1) * BLOCK_M)
         full_end = tl.minimum(full_end, ((i_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
     b_acc, b_l, b_m = _fwd_kv_loop(
-        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn,
-        offs_m, offs_d, rng_rows, seed, dropout_p, 0, full_end, seqlen_k, qk_scale,
-        HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
+        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
+        offs_m, offs_d, rng_rows, seed, dropout_p, 0, full_end, seqlen_q, seqlen_k, qk_scale,
+        HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
     )
     b_acc, b_l, b_m = _fwd_kv_loop(
-        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn,
-        offs_m, offs_d, rng_rows, seed, dropout_p, full_end, end_n, seqlen_k, qk_scale,
-        HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_DROPOUT, UPCAST, PRECISION,
+        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
+        offs_m, offs_d, rng_rows, seed, dropout_p, full_end, end_n, seqlen_q, seqlen_k,
+        qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST,
+        PRECISION,
     )
 
     # A row with no visible key has l = 0: it outputs zeros and an LSE of -inf.
@@ -155,7 +161,7 @@ def _tuned_kernel():
     if _attn_fwd_tuned is None:
         _attn_fwd_tuned = triton.autotune(
             configs=fwd_configs(),
-            key=["HEAD_DIM", "IS_CAUSAL", "HAS_DROPOUT", "seqlen_bucket"],
+            key=["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_DROPOUT", "seqlen_bucket"],
             prune_configs_by={"early_config_prune": prune_for_head_dim},
         )(_attn_fwd_kernel)
     return _attn_fwd_tuned
@@ -178,6 +184,14 @@ def needs_int64_rows(*tensors: torch.Tensor) -> bool:
                for t in tensors)
 
 
+def mask_args(attn_mask: torch.Tensor | None, fallback: torch.Tensor) -> tuple:
+    """(pointer tensor, 4 strides) for an optional bool mask already expanded to
+    (B, Hq, Lq, Lk); zero strides broadcast, and no mask passes a placeholder never read."""
+    if attn_mask is None:
+        return (fallback, 0, 0, 0, 0)
+    return (attn_mask.view(torch.uint8), *attn_mask.stride())
+
+
 def attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -189,13 +203,15 @@ def attention_forward(
     causal: bool,
     dropout_p: float,
     seed: torch.Tensor | None,
+    attn_mask: torch.Tensor | None = None,
     int64_rows: bool | None = None,
 ) -> None:
     """Launch the forward: fills ``out`` (B, Hq, Lq, D) and ``lse`` (B, Hq, Lq) fp32.
 
     q (B, Hq, Lq, D) and k, v (B, Hkv, Lk, D) may have any strides. ``seed`` is a one-element
-    int64 tensor on the device (used when ``dropout_p > 0``). ``int64_rows`` forces (True) or
-    forbids (False) 64-bit row offsets; None decides from the sizes.
+    int64 tensor on the device (used when ``dropout_p > 0``). ``attn_mask`` is an optional
+    bool tensor expanded to (B, Hq, Lq, Lk), True where a key takes part. ``int64_rows``
+    forces (True) or forbids (False) 64-bit row offsets; None decides from the sizes.
     """
     batch, n_heads_q, seqlen_q, head_dim = q.shape
     group_size = n_heads_q // k.shape[1]
@@ -203,15 +219,17 @@ def attention_forward(
     has_dropout = dropout_p > 0.0
     if int64_rows is None:
         int64_rows = needs_int64_rows(q, k, v, out)
+    mask_ptr, *mask_strides = mask_args(attn_mask, lse)
     args = (
-        q, k, v, out, lse, seed if has_dropout else lse,
+        q, k, v, out, lse, seed if has_dropout else lse, mask_ptr,
         scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
         n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket(max(seqlen_q, seqlen_k)),
     )
     flags = dict(
-        HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim),
-        IS_CAUSAL=causal, HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows, **kernel_flags(q),
+        HEAD_DIM=head_dim, BLOCK_D=head_dim_block(head_dim), IS_CAUSAL=causal,
+        HAS_MASK=attn_mask is not None, HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows,
+        **kernel_flags(q),
     )
     if is_interpreter():
         grid = (triton.cdiv(seqlen_q, INTERPRETER_META["BLOCK_M"]), batch * n_heads_q)

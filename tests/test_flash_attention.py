@@ -214,3 +214,62 @@ def test_tensors_past_two_to_the_31_elements_on_cuda():
     expected = reference_sdpa(q[last], q[last], q[last], causal=True,
                               compute_dtype=torch.float32)
     torch.testing.assert_close(out[last].float(), expected, atol=2e-2, rtol=2e-2)
+
+
+# --- boolean masks ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mask_shape", [
+    pytest.param((2, 4, 45, 38), id="per-head"),
+    pytest.param((2, 1, 45, 38), id="broadcast-heads"),  # transformers' (B, 1, L, S)
+    pytest.param((45, 38), id="broadcast-batch-and-heads"),
+])
+def test_bool_mask_matches_reference(mask_shape, dtype, device):
+    torch.manual_seed(13)
+    q, k, v = qkv(2, 4, 2, 45, 38, 32, dtype, device)
+    mask = torch.rand(mask_shape, device=device) > 0.3
+    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, attn_mask=mask),
+                             q, k, v, attn_mask=mask)
+
+
+def test_rows_with_every_key_masked_give_zeros_and_zero_gradients(device):
+    torch.manual_seed(14)
+    q, k, v = (t.requires_grad_() for t in qkv(1, 2, 2, 40, 40, 16, torch.float32, device))
+    mask = torch.ones(40, 40, dtype=torch.bool, device=device).tril()
+    mask[5] = False  # query 5 sees nothing
+    out, lse = ao.flash_attention(q, k, v, attn_mask=mask, return_lse=True)
+    out.sum().backward()
+    assert torch.equal(out[:, :, 5], torch.zeros_like(out[:, :, 5]))
+    assert torch.isneginf(lse[:, :, 5]).all()
+    assert torch.equal(q.grad[:, :, 5], torch.zeros_like(q.grad[:, :, 5]))
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_left_padding_mask_with_dropout_matches_reference(device):
+    torch.manual_seed(15)
+    p, lengths = 0.25, torch.tensor([30, 17])
+    q, k, v = qkv(2, 2, 2, 30, 30, 32, torch.float16, device)
+    causal = torch.ones(30, 30, dtype=torch.bool).tril()
+    padded = torch.arange(30)[None, :] >= (30 - lengths)[:, None]  # left padding
+    mask = (causal[None] & padded[:, None, :])[:, None].to(device)  # (B, 1, L, L)
+    generator_seed = 3
+    seed = ao.draw_dropout_seed(device, torch.Generator(device).manual_seed(generator_seed))
+    keep = ao.dropout_keep_mask((2, 2, 30, 30), p, seed)
+
+    def fused(q, k, v):
+        generator = torch.Generator(device).manual_seed(generator_seed)
+        return ao.flash_attention(q, k, v, attn_mask=mask, dropout_p=p, generator=generator)
+
+    assert_matches_reference(fused, q, k, v, attn_mask=mask, dropout_p=p, keep_mask=keep)
+
+
+@pytest.mark.parametrize("mask, message", [
+    (torch.ones(4, 4), "bool"),
+    (torch.ones(3, 4, dtype=torch.bool), "broadcast"),
+])
+def test_bad_masks_raise(mask, message, device):
+    q = torch.randn(1, 1, 4, 16, device=device)
+    with pytest.raises(ValueError, match=message):
+        ao.flash_attention(q, q, q, attn_mask=mask.to(device))
+    with pytest.raises(ValueError, match="not both"):
+        ao.flash_attention(q, q, q, causal=True,
+                           attn_mask=torch.ones(4, 4, dtype=torch.bool, device=device))
