@@ -2,19 +2,21 @@
 
 Constructor arguments and parameter creation order follow the teaching text, so the values
 it prints reproduce under the same seeds. ``backend`` picks the attention math:
-"eager" (``attention_ops.reference``), "triton" (``attention_ops.flash_attention``), or
-"auto": the fused kernel for CUDA inputs, the eager math otherwise.
+"eager" (``attention_ops.reference``), "triton" (``attention_ops.flash_attention``), "sdpa"
+(``torch.nn.functional.scaled_dot_product_attention``, for comparison), or "auto": the fused
+kernel for CUDA inputs, the eager math otherwise.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attention_ops import reference
 from attention_ops.flash import flash_attention
 
-BACKENDS = ("auto", "eager", "triton")
+BACKENDS = ("auto", "eager", "triton", "sdpa")
 
 
 def _check_backend(backend: str) -> str:
@@ -52,6 +54,9 @@ def attend(
     use_fused = backend == "triton" or (backend == "auto" and queries.is_cuda)
     if use_fused:
         return flash_attention(queries, keys, values, causal=causal, dropout_p=dropout_p)
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p,
+                                              is_causal=causal)
     return reference.scaled_dot_product_attention(
         queries, keys, values, causal=causal, dropout_p=dropout_p
     )

@@ -11,7 +11,6 @@ like.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attention_ops import MultiHeadAttention
@@ -19,28 +18,11 @@ from attention_ops import MultiHeadAttention
 ATTENTIONS = ("eager", "triton", "sdpa")
 
 
-class SDPAMultiHeadAttention(MultiHeadAttention):
-    """``MultiHeadAttention`` whose attention is
-    ``torch.nn.functional.scaled_dot_product_attention(..., is_causal=True)``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, num_tokens, _ = x.shape
-        heads = (b, num_tokens, self.num_heads, self.head_dim)
-        queries, keys, values = (proj(x).view(heads).transpose(1, 2)
-                                 for proj in (self.W_query, self.W_key, self.W_value))
-        dropout_p = self.dropout.p if self.training else 0.0
-        context = F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p,
-                                                 is_causal=True)
-        return self.out_proj(context.transpose(1, 2).reshape(b, num_tokens, self.d_out))
-
-
 def multi_head_attention(d_model: int, context_length: int, n_heads: int, dropout: float,
                          attention: str) -> MultiHeadAttention:
     """Causal multi-head self-attention of width ``d_model`` computed by ``attention``."""
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-    if attention == "sdpa":
-        return SDPAMultiHeadAttention(d_model, d_model, context_length, dropout, n_heads)
     return MultiHeadAttention(d_model, d_model, context_length, dropout, n_heads,
                               backend=attention)
 
@@ -74,7 +56,7 @@ class GPT(nn.Module):
         n_heads: attention heads per block.
         dropout: dropout on embeddings, attention weights and residual branches.
         attention: "triton" (``attention_ops.flash_attention``), "eager" (the package's
-            reference math) or "sdpa" (``F.scaled_dot_product_attention``).
+            reference math) or "sdpa" (``torch.nn.functional.scaled_dot_product_attention``).
 
     Example:
         >>> model = GPT(50257, 1024, 768, 12, 12, 0.0, attention="triton").cuda()

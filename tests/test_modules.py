@@ -157,3 +157,12 @@ def test_bad_construction_raises_value_error():
         ao.MultiHeadAttention(3, 5, 6, 0.0, num_heads=2)
     with pytest.raises(ValueError, match="backend"):
         ao.SelfAttentionV1(3, 2, backend="cuda")
+
+
+def test_sdpa_backend_matches_eager():
+    torch.manual_seed(6)
+    mha = ao.MultiHeadAttention(8, 16, 20, 0.0, num_heads=2, backend="sdpa")
+    eager = ao.MultiHeadAttention(8, 16, 20, 0.0, num_heads=2, backend="eager")
+    eager.load_state_dict(mha.state_dict())
+    x = torch.randn(2, 19, 8)
+    torch.testing.assert_close(mha(x), eager(x), atol=1e-5, rtol=1e-5)
