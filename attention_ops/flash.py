@@ -48,6 +48,19 @@ def expand_bool_mask(attn_mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                          f"(B, Hq, Lq, Lk) = {shape}") from None
 
 
+def _distinct(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v as distinct tensor objects (views where they were one tensor, as in x, x, x
+    self-attention): torch.compile (torch 2.13) cannot trace autograd.Function.apply with one
+    tensor passed as two inputs."""
+    if k is q:
+        k = k.view_as(k)
+    if v is q or v is k:
+        v = v.view_as(v)
+    return q, k, v
+
+
 class FlashAttentionFunction(torch.autograd.Function):
     """Fused attention with a fused backward. Inputs are validated by ``flash_attention``."""
 
@@ -122,6 +135,6 @@ def flash_attention(
         attn_mask = expand_bool_mask(attn_mask, q, k, causal)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     seed = draw_dropout_seed(q.device, generator) if dropout_p > 0.0 else None
-    out, lse = FlashAttentionFunction.apply(q, k, v, attn_mask, causal, float(dropout_p), scale,
-                                            seed)
+    out, lse = FlashAttentionFunction.apply(*_distinct(q, k, v), attn_mask, causal,
+                                            float(dropout_p), scale, seed)
     return (out, lse) if return_lse else out
