@@ -1,9 +1,10 @@
 """``scaled_dot_product_attention``: a drop-in for PyTorch's, on the fused kernel when it can.
 
-Calls the fused kernel covers (no ``attn_mask``, supported device, dtype and head dim) run
-``flash_attention``; every other valid call runs the eager math in ``attention_ops.reference``
+Calls the fused kernel covers (no mask or a bool one; supported device, dtype and head dim)
+run ``flash_attention``; every other valid call runs the eager math in ``attention_ops.reference``
 with the same semantics as ``torch.nn.functional.scaled_dot_product_attention``. Leaving the
-fused kernel warns once per reason, or raises under ``strict()`` / ``set_strict(True)``.
+fused kernel warns once per reason (outside torch.compile), or raises under ``strict()`` /
+``set_strict(True)``.
 """
 
 from __future__ import annotations
@@ -57,10 +58,14 @@ def strict(enabled: bool = True) -> Iterator[None]:
 
 
 def _leave_fused_path(reason: str) -> None:
-    """Raise in strict mode; otherwise warn the first time ``reason`` comes up."""
+    """Raise in strict mode; otherwise warn the first time ``reason`` comes up.
+
+    torch.compile cannot trace ``warnings.warn`` without a graph break, so code being
+    compiled does not warn; strict mode raises there as well.
+    """
     if _strict:
         raise FusedPathUnavailableError(f"scaled_dot_product_attention: {reason} (strict mode)")
-    if reason not in _warned_reasons:
+    if reason not in _warned_reasons and not torch.compiler.is_compiling():
         _warned_reasons.add(reason)
         warnings.warn(
             f"scaled_dot_product_attention runs the eager path: {reason}",
@@ -160,8 +165,8 @@ def _fused_path_problem(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
     scale: float | None,
 ) -> str | None:
-    if attn_mask is not None:
-        return "attn_mask given (the fused kernel masks only causally)"
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        return "float attn_mask (the fused kernel takes bool masks)"
     if scale is not None and not scale > 0.0:
         return f"scale {scale} (the fused kernel takes a positive scale)"
     return fused_path_problem(q, k, v)
@@ -184,8 +189,8 @@ def scaled_dot_product_attention(
         query: (..., Hq, L, E) queries; leading dims broadcast against key's and value's.
         key: (..., Hkv, S, E) keys.
         value: (..., Hkv, S, Ev) values.
-        attn_mask: broadcastable to (..., Hq, L, S); bool means "True takes part", a float
-            mask (float32 or the query dtype) is added to the scores. Runs the eager path.
+        attn_mask: broadcastable to (..., Hq, L, S); bool means "True takes part" (fused),
+            a float mask (float32 or the query dtype) is added to the scores (eager path).
         dropout_p: drop probability on the attention weights, survivors scaled by 1/(1-p).
             Dropout acts whenever p > 0 (pass 0.0 in eval).
         is_causal: query i attends to keys j <= i, top-left aligned when L != S. Not
@@ -214,7 +219,8 @@ def scaled_dot_product_attention(
             q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     problem = _fused_path_problem(q, k, v, attn_mask, scale)
     if problem is None:
-        out = flash_attention(q, k, v, causal=is_causal, dropout_p=dropout_p, scale=scale)
+        out = flash_attention(q, k, v, causal=is_causal, dropout_p=dropout_p, scale=scale,
+                              attn_mask=attn_mask)
     else:
         _leave_fused_path(problem)
         out = reference.scaled_dot_product_attention(

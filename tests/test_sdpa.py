@@ -131,6 +131,9 @@ def test_random_calls_match_torch_outputs_and_gradients(seed):
         ((1, 2, 17, 16), (1, 2, 33, 16), {"is_causal": True}),  # Lq < Lk: top-left diagonal
         ((1, 2, 33, 16), (1, 2, 17, 16), {"is_causal": True}),  # Lq > Lk: late rows see all
         ((2, 4, 24, 16), (2, 2, 24, 16), {"is_causal": True, "enable_gqa": True}),  # GQA
+        # left padding as a bool (B, 1, 1, S) mask, read through zero strides
+        ((2, 2, 9, 16), (2, 2, 11, 16), {"attn_mask": torch.arange(11) >= torch.tensor(
+            [[[[0]]], [[[4]]]])}),
         ((2, 4, 9, 16), (2, 1, 9, 16), {}),  # one key/value head broadcast, no enable_gqa
         ((3, 2, 1, 5, 8), (3, 2, 1, 7, 8), {}),  # two batch dims flattened for the kernel
         ((5, 8), (7, 8), {"scale": 0.5}),  # unbatched (L, E)
@@ -145,24 +148,32 @@ def test_fused_path_covers_sdpa_layouts(q_shape, kv_shape, kwargs):
         assert_matches_torch([query, key, value], **kwargs)
 
 
-@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
-def test_fully_masked_rows_give_zeros_like_torch(mask_dtype):
-    query, key, value = (torch.randn(1, 2, 4, 8, dtype=torch.float64) for _ in range(3))
-    keep = torch.tensor([[False] * 4, [True] * 4, [True, False, True, False], [False] * 4])
-    mask = keep if mask_dtype == torch.bool else torch.zeros(4, 4).masked_fill(
-        ~keep, float("-inf"))
-    with pytest.warns(UserWarning, match="attn_mask"):
-        out = ao.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-    assert torch.equal(out[..., 0, :], torch.zeros(1, 2, 8, dtype=torch.float64))
-    torch.testing.assert_close(out, torch_sdpa(query, key, value, attn_mask=mask))
+# Rows 0 and 3 see no key; row 2 sees every other key.
+KEEP = torch.tensor([[False] * 5, [True] * 5, [True, False, True, False, True], [False] * 5])
 
 
-def test_fully_masked_rows_get_zero_gradients_with_bool_mask():
-    keep = torch.tensor([[False] * 4, [True, False, True, False]])
-    inputs = [torch.randn(1, 1, 2, 8, dtype=torch.float64), *(
-        torch.randn(1, 1, 4, 8, dtype=torch.float64) for _ in range(2))]
-    with pytest.warns(UserWarning, match="attn_mask"):
-        assert_matches_torch(inputs, attn_mask=keep)
+def fully_masked_inputs(dtype):
+    return [torch.randn(1, 2, 4, 8, dtype=dtype), *(torch.randn(1, 2, 5, 8, dtype=dtype)
+                                                    for _ in range(2))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fused", "eager"])
+def test_fully_masked_rows_give_zeros_and_zero_gradients_with_bool_mask(dtype):
+    inputs = fully_masked_inputs(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # float64: the eager path's notice
+        out = ao.scaled_dot_product_attention(*inputs, attn_mask=KEEP)
+        assert_matches_torch(inputs, attn_mask=KEEP)
+    assert torch.equal(out[:, :, [0, 3]], torch.zeros(1, 2, 2, 8, dtype=dtype))
+
+
+def test_fully_masked_rows_give_zeros_with_float_mask():
+    inputs = fully_masked_inputs(torch.float32)
+    mask = torch.zeros(4, 5).masked_fill(~KEEP, float("-inf"))
+    with pytest.warns(UserWarning, match="float attn_mask"):
+        out = ao.scaled_dot_product_attention(*inputs, attn_mask=mask)
+    assert torch.equal(out[:, :, [0, 3]], torch.zeros(1, 2, 2, 8))
+    torch.testing.assert_close(out, torch_sdpa(*inputs, attn_mask=mask))
 
 
 @pytest.mark.xfail(
@@ -171,12 +182,9 @@ def test_fully_masked_rows_get_zero_gradients_with_bool_mask():
     "before zeroing it, so the NaN reaches q/k through an additive mask",
 )
 def test_fully_masked_rows_get_zero_gradients_with_float_mask():
-    mask = torch.tensor([[float("-inf")] * 4, [0.0, float("-inf"), 0.0, 0.0]],
-                        dtype=torch.float64)
-    inputs = [torch.randn(1, 1, 2, 8, dtype=torch.float64), *(
-        torch.randn(1, 1, 4, 8, dtype=torch.float64) for _ in range(2))]
-    with pytest.warns(UserWarning, match="attn_mask"):
-        assert_matches_torch(inputs, attn_mask=mask)
+    mask = torch.zeros(4, 5, dtype=torch.float64).masked_fill(~KEEP, float("-inf"))
+    with pytest.warns(UserWarning, match="float attn_mask"):
+        assert_matches_torch(fully_masked_inputs(torch.float64), attn_mask=mask)
 
 
 def test_fused_dropout_matches_eager_math_with_the_kernels_keep_mask():
@@ -241,7 +249,7 @@ def test_inputs_torch_rejects_raise_value_error(make_args, kwargs, message):
         (lambda: q_kv(dtype=torch.float64), {}, "dtype torch.float64"),
         (lambda: q_kv((1, 1, 2, 264), (1, 1, 3, 264)), {}, "head_dim 264"),
         (lambda: (*q_kv()[:2], torch.randn(2, 4, 6, 4)), {}, "value head_dim"),
-        (lambda: q_kv(), {"attn_mask": torch.ones(5, 6, dtype=torch.bool)}, "attn_mask"),
+        (lambda: q_kv(), {"attn_mask": torch.zeros(5, 6)}, "float attn_mask"),
         (lambda: q_kv(), {"scale": -1.0}, "scale"),
     ],
 )
@@ -265,10 +273,10 @@ def test_cpu_tensors_without_the_interpreter_take_the_eager_path(monkeypatch):
 
 def test_strict_mode_raises_instead_of_leaving_the_fused_kernel():
     query, key, value = q_kv()
-    mask = torch.ones(5, 6, dtype=torch.bool)
+    mask = torch.zeros(5, 6)
     with ao.strict():
         ao.scaled_dot_product_attention(query, key, value)  # fused: fine
-        with pytest.raises(ao.FusedPathUnavailableError, match="attn_mask"):
+        with pytest.raises(ao.FusedPathUnavailableError, match="float attn_mask"):
             ao.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         with ao.strict(False):  # nested: eager allowed again
             with pytest.warns(UserWarning):
