@@ -1,9 +1,9 @@
 """Hugging Face transformers integration: ``attn_implementation="attention_ops"``.
 
 Call ``register()`` once, then load or build a model with
-``attn_implementation="attention_ops"``. Causal attention without padding runs the fused
-kernel; a padding (or any other) mask runs the eager path, as ``scaled_dot_product_attention``
-does for every ``attn_mask``.
+``attn_implementation="attention_ops"``. Its attention layers then call
+``attention_ops.scaled_dot_product_attention``: causal attention, padding and the other
+boolean masks transformers builds run the fused kernel.
 """
 
 from __future__ import annotations
