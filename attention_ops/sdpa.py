@@ -129,7 +129,7 @@ def _as_4d(
         raise ValueError(f"query, key, value leading dims do not broadcast: "
                          f"{_shapes(query, key, value)}") from err
     if enable_gqa:
-        if heads_q % heads_k != 0 or heads_q % heads_v != 0:
+        if 0 in (heads_k, heads_v) or heads_q % heads_k != 0 or heads_q % heads_v != 0:
             raise ValueError(f"with enable_gqa, key heads ({heads_k}) and value heads "
                              f"({heads_v}) must divide query heads ({heads_q})")
         if heads_k != heads_v:  # each side serves the query heads on its own
