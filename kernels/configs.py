@@ -6,6 +6,7 @@ per (head dim, causal, dtype, sequence-length bucket) and caches the choice.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import triton
@@ -32,41 +33,70 @@ def seqlen_bucket(seqlen: int) -> int:
 INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32}
 
 
-def _config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
+# Candidate tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) per head-dim class, read off the
+# sm_90a compile report (`python -m bench.compile_report`, 2026-11-22, Triton 3.9): the
+# register-spill-free tilings that use warpgroup MMAs, plus the least-spilling ones where none
+# is spill-free (the dK/dV kernel at D >= 128), and a small tile that fits float32 inputs on
+# GPUs with less shared memory. Autotuning times the survivors on the device; configs that do
+# not fit its shared memory are skipped there.
+FWD_TILES = {
+    64: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 8, 3)],
+    128: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3),
+          (64, 32, 4, 2)],
+    256: [(128, 32, 8, 2), (64, 64, 8, 2), (32, 32, 4, 1)],
+}
+# dK/dV: BLOCK_N keys stay resident while BLOCK_M query rows stream past.
+DKDV_TILES = {
+    64: [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 4, 3),
+         (16, 64, 4, 2)],
+    128: [(32, 64, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (32, 32, 4, 2), (32, 32, 4, 1)],
+    256: [(16, 32, 4, 2), (32, 32, 8, 1), (32, 32, 4, 1)],
+}
+# dQ: BLOCK_M query rows stay resident while BLOCK_N keys stream past.
+DQ_TILES = {
+    64: [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (64, 128, 8, 2)],
+    128: [(64, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2), (128, 64, 8, 2), (32, 32, 4, 1)],
+    256: [(64, 32, 8, 2), (64, 16, 4, 2), (32, 32, 4, 1)],
+}
+
+
+TILES = {"fwd": FWD_TILES, "dkdv": DKDV_TILES, "dq": DQ_TILES}
+# Tuning is cached per key: head dim, the constexpr switches, a coarse length bucket (and the
+# tensor dtypes, which Triton adds), so a training loop tunes once per shape family.
+AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_DROPOUT", "seqlen_bucket"]
+
+
+def head_dim_class(block_d: int) -> int:
+    """The row of the tile tables a (padded) head dim uses."""
+    return 64 if block_d <= 64 else 128 if block_d <= 128 else 256
+
+
+def tile_config(tile: tuple[int, int, int, int]) -> triton.Config:
+    block_m, block_n, warps, stages = tile
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps,
                          num_stages=stages)
 
 
-def fwd_configs() -> list[triton.Config]:
-    """Forward candidates; autotuning prunes by shared memory (OutOfResources) on the device."""
-    return [
-        _config(128, 128, 8, 3),
-        _config(128, 64, 8, 3),
-        _config(128, 64, 4, 3),
-        _config(64, 64, 4, 3),
-        _config(128, 32, 4, 2),
-        _config(64, 32, 4, 2),
-        _config(32, 32, 4, 1),  # fits float32 at head dim 256
-    ]
+def config_tile(config: triton.Config) -> tuple[int, int, int, int]:
+    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps,
+            config.num_stages)
 
 
-def bwd_configs() -> list[triton.Config]:
-    """Backward candidates (dK/dV and dQ kernels); BLOCK_M is the query tile in both."""
-    return [
-        _config(64, 128, 8, 2),
-        _config(64, 64, 4, 2),
-        _config(32, 128, 8, 2),
-        _config(32, 64, 4, 2),
-        _config(128, 64, 8, 2),
-        _config(128, 32, 4, 2),
-        _config(32, 32, 4, 1),  # fits float32 at head dim 256
-    ]
+def head_dim_pruner(kind: str):
+    """Autotune ``early_config_prune``: keep the ``TILES[kind]`` row of the launch's head dim."""
+
+    def prune(candidates, named_args, **kwargs):
+        block_d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D"))
+        wanted = set(TILES[kind][head_dim_class(block_d)])
+        return [c for c in candidates if config_tile(c) in wanted]
+
+    return prune
 
 
-def prune_for_head_dim(configs, named_args, **kwargs):
-    """Drop tiles too big for wide heads (D=256 needs small tiles to fit shared memory)."""
-    block_d = named_args["BLOCK_D"] if "BLOCK_D" in named_args else kwargs["BLOCK_D"]
-    if block_d <= 128:
-        return configs
-    small = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64]
-    return small or configs
+@functools.cache
+def autotuned(kernel, kind: str):
+    """``kernel`` autotuned over ``TILES[kind]``, pruned to the launch's head-dim class.
+    Built on first use, so importing the kernels never touches a GPU driver."""
+    unique = sorted({tile for table in TILES[kind].values() for tile in table})
+    return triton.autotune(configs=[tile_config(t) for t in unique], key=AUTOTUNE_KEY,
+                           prune_configs_by={"early_config_prune": head_dim_pruner(kind)})(kernel)

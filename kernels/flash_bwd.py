@@ -16,14 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import (
-    INTERPRETER_META,
-    bwd_configs,
-    head_dim_block,
-    is_interpreter,
-    prune_for_head_dim,
-    seqlen_bucket,
-)
+from .configs import INTERPRETER_META, autotuned, head_dim_block, is_interpreter, seqlen_bucket
 from .dropout import keep_mask
 from .flash_fwd import LOG2E, kernel_flags, mask_args, needs_int64_rows
 from .masking import visible
@@ -300,28 +293,15 @@ def _attn_bwd_dq_kernel(
              mask=m_q)
 
 
-_tuned = {}
-
-
-def _tuned_kernel(kernel):
-    if kernel not in _tuned:
-        _tuned[kernel] = triton.autotune(
-            configs=bwd_configs(),
-            key=["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_DROPOUT", "seqlen_bucket"],
-            prune_configs_by={"early_config_prune": prune_for_head_dim},
-        )(kernel)
-    return _tuned[kernel]
-
-
 def _launch(kernel, rows: int, programs: int, args: tuple, flags: dict) -> None:
     """Launch with the interpreter's fixed tile, or autotuned on a GPU; ``rows`` is the
     length the grid's first axis tiles (Lq for dQ, Lk for dK/dV)."""
-    block = "BLOCK_N" if kernel is _attn_bwd_dkdv_kernel else "BLOCK_M"
+    kind, block = ("dkdv", "BLOCK_N") if kernel is _attn_bwd_dkdv_kernel else ("dq", "BLOCK_M")
     if is_interpreter():
         grid = (triton.cdiv(rows, INTERPRETER_META[block]), programs)
         kernel[grid](*args, **flags, **INTERPRETER_META)
         return
-    _tuned_kernel(kernel)[lambda meta: (triton.cdiv(rows, meta[block]), programs)](
+    autotuned(kernel, kind)[lambda meta: (triton.cdiv(rows, meta[block]), programs)](
         *args, **flags)
 
 

@@ -11,14 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import (
-    INTERPRETER_META,
-    fwd_configs,
-    head_dim_block,
-    is_interpreter,
-    prune_for_head_dim,
-    seqlen_bucket,
-)
+from .configs import INTERPRETER_META, autotuned, head_dim_block, is_interpreter, seqlen_bucket
 from .dropout import keep_mask
 from .masking import visible
 
@@ -153,20 +146,6 @@ def _attn_fwd_kernel(
     tl.store(LSE + i_bh * seqlen_q + offs_m, b_lse, mask=offs_m < seqlen_q)
 
 
-_attn_fwd_tuned = None
-
-
-def _tuned_kernel():
-    global _attn_fwd_tuned
-    if _attn_fwd_tuned is None:
-        _attn_fwd_tuned = triton.autotune(
-            configs=fwd_configs(),
-            key=["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_DROPOUT", "seqlen_bucket"],
-            prune_configs_by={"early_config_prune": prune_for_head_dim},
-        )(_attn_fwd_kernel)
-    return _attn_fwd_tuned
-
-
 def kernel_flags(q: torch.Tensor) -> dict:
     """Constexpr flags shared by the forward and backward launches."""
     interpret = is_interpreter()
@@ -239,4 +218,4 @@ def attention_forward(
     def grid(meta):
         return (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q)
 
-    _tuned_kernel()[grid](*args, **flags)
+    autotuned(_attn_fwd_kernel, "fwd")[grid](*args, **flags)

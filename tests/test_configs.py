@@ -1,0 +1,50 @@
+"""Launch configuration: the autotune space per head dim, the length buckets, and that every
+kernel still compiles for Hopper (sm_90a) with warpgroup MMAs, checked without a GPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernels import configs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("kind", sorted(configs.TILES))
+@pytest.mark.parametrize("head_dim", [16, 40, 64, 80, 128, 200, 256])
+def test_autotuning_considers_exactly_the_tiles_of_the_head_dim_class(kind, head_dim):
+    block_d = configs.head_dim_block(head_dim)
+    every = [configs.tile_config(t) for table in configs.TILES[kind].values() for t in table]
+    kept = configs.head_dim_pruner(kind)(every, {"BLOCK_D": block_d})
+    expected = set(configs.TILES[kind][configs.head_dim_class(block_d)])
+    assert expected, "every head-dim class needs at least one candidate"
+    assert {configs.config_tile(c) for c in kept} == expected
+
+
+def test_head_dims_pad_to_a_power_of_two_of_at_least_16():
+    assert [configs.head_dim_block(d) for d in (1, 16, 40, 64, 80, 96, 128, 200, 256)] == [
+        16, 16, 64, 64, 128, 128, 128, 256, 256]
+
+
+def test_lengths_share_a_few_coarse_tuning_buckets():
+    buckets = {configs.seqlen_bucket(n) for n in range(1, 40000, 7)}
+    assert buckets == {256, 512, 1024, 2048, 4096, 8192, 16384}
+
+
+def test_kernels_compile_for_hopper_with_warpgroup_mma_and_no_spills():
+    """CI has no GPU: compile each kernel's first D=64 candidate for sm_90a down to SASS."""
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.compile_report", "--head-dims", "64", "--causal", "yes",
+         "--max-configs", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| kernel")]
+    assert {row[0].strip() for row in rows} == {"fwd", "dkdv", "dq"}
+    for kernel, _, _, config, _regs, spill, _smem, hgmma, note in rows:
+        assert note.strip() == "", f"{kernel} {config}: {note.strip()}"
+        assert int(hgmma) > 0, f"{kernel} {config}: no warpgroup MMA in the SASS"
+        assert int(spill) == 0, f"{kernel} {config}: {spill.strip()} bytes of register spills"
