@@ -96,9 +96,11 @@ def scaled_dot_product_attention(
         else:
             scores = scores + attn_mask.to(scores.dtype)
 
-    # Safe softmax: a row with every key masked gives zero weights instead of NaN.
+    # Safe softmax: a row with every key masked gives zero weights instead of NaN. Its scores
+    # are zeroed before the softmax too, so no NaN reaches the gradients either.
     fully_masked = torch.isneginf(scores).all(dim=-1, keepdim=True)
-    weights = torch.softmax(scores, dim=-1).masked_fill(fully_masked, 0.0)
+    weights = torch.softmax(scores.masked_fill(fully_masked, 0.0), dim=-1)
+    weights = weights.masked_fill(fully_masked, 0.0)
     if keep_mask is not None:
         weights = weights * keep_mask / (1.0 - dropout_p) if dropout_p < 1.0 else weights * 0.0
     elif dropout_p > 0.0:
