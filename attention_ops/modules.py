@@ -3,8 +3,9 @@
 Constructor arguments and parameter creation order follow the teaching text, so the values
 it prints reproduce under the same seeds. ``backend`` picks the attention math:
 "eager" (``attention_ops.reference``), "triton" (``attention_ops.flash_attention``), "sdpa"
-(``torch.nn.functional.scaled_dot_product_attention``, for comparison), or "auto": the fused
-kernel for CUDA inputs, the eager math otherwise.
+(``torch.nn.functional.scaled_dot_product_attention``, for comparison), or "auto": for CUDA
+inputs the fused kernel where it covers them (else the eager math, with a warning saying why,
+as ``attention_ops.scaled_dot_product_attention`` does), the eager math otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from attention_ops import reference
 from attention_ops.flash import flash_attention
+from attention_ops.sdpa import scaled_dot_product_attention
 
 BACKENDS = ("auto", "eager", "triton", "sdpa")
 
@@ -51,9 +53,11 @@ def attend(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d)) [dropout] V over (B, H, L, d) tensors with the chosen backend."""
-    use_fused = backend == "triton" or (backend == "auto" and queries.is_cuda)
-    if use_fused:
+    if backend == "triton":
         return flash_attention(queries, keys, values, causal=causal, dropout_p=dropout_p)
+    if backend == "auto" and queries.is_cuda:  # fused, or eager with a warning saying why
+        return scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p,
+                                            is_causal=causal)
     if backend == "sdpa":
         return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p,
                                               is_causal=causal)

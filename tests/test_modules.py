@@ -166,3 +166,15 @@ def test_sdpa_backend_matches_eager():
     eager.load_state_dict(mha.state_dict())
     x = torch.randn(2, 19, 8)
     torch.testing.assert_close(mha(x), eager(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_auto_backend_on_cuda_falls_back_with_a_warning_for_uncovered_heads():
+    torch.manual_seed(7)
+    mha = ao.MultiHeadAttention(8, 640, 16, 0.0, num_heads=2).cuda()  # head_dim 320 > 256
+    x = torch.randn(1, 16, 8, device="cuda")
+    with pytest.warns(UserWarning, match="head_dim 320"):
+        out = mha(x)
+    eager = ao.MultiHeadAttention(8, 640, 16, 0.0, num_heads=2, backend="eager").cuda()
+    eager.load_state_dict(mha.state_dict())
+    torch.testing.assert_close(out, eager(x))
