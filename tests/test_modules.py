@@ -169,7 +169,8 @@ def test_sdpa_backend_matches_eager():
 
 
 @pytest.mark.cuda
-def test_auto_backend_on_cuda_falls_back_with_a_warning_for_uncovered_heads():
+def test_auto_backend_on_cuda_falls_back_with_a_warning_for_uncovered_heads(monkeypatch):
+    monkeypatch.setattr("attention_ops.sdpa._warned_reasons", set())  # warn-once starts fresh
     torch.manual_seed(7)
     mha = ao.MultiHeadAttention(8, 640, 16, 0.0, num_heads=2).cuda()  # head_dim 320 > 256
     x = torch.randn(1, 16, 8, device="cuda")
