@@ -85,11 +85,11 @@ def _resources(cubin: bytes) -> tuple[int, int, int]:
 
 
 def compile_one(name: str, config: triton.Config, head_dim: int, causal: bool, arch: int,
-                dtype: str) -> Report:
+                dtype: str, dropout: bool = False, mask: bool = False) -> Report:
     kernel = KERNELS[name]
     constants = dict(
         HEAD_DIM=head_dim, BLOCK_D=configs.head_dim_block(head_dim), IS_CAUSAL=causal,
-        HAS_MASK=False, HAS_DROPOUT=False, UPCAST=False,
+        HAS_MASK=mask, HAS_DROPOUT=dropout, UPCAST=False,
         PRECISION="ieee" if dtype == "fp32" else "tf32", INT64_ROWS=False, **config.kwargs,
     )
     label = (f"M{config.kwargs['BLOCK_M']} N{config.kwargs['BLOCK_N']} "
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
     parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
+    parser.add_argument("--dropout", action="store_true", help="compile the dropout variant")
+    parser.add_argument("--mask", action="store_true", help="compile the bool-mask variant")
     parser.add_argument("--max-configs", type=int, default=None,
                         help="compile only the first N candidate tiles of each kernel")
     args = parser.parse_args(argv)
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             tiles = tiles[:args.max_configs]
             for causal in causal_values:
                 for config in map(configs.tile_config, tiles):
-                    r = compile_one(name, config, head_dim, causal, args.arch, args.dtype)
+                    r = compile_one(name, config, head_dim, causal, args.arch, args.dtype,
+                                    args.dropout, args.mask)
                     smem = "" if r.shared_bytes is None else f"{r.shared_bytes / 1024:.0f}"
                     print(f"| {r.kernel} | {r.head_dim} | {r.causal} | {r.config} | "
                           f"{r.registers or ''} | {'' if r.spill_bytes is None else r.spill_bytes}"
