@@ -48,8 +48,9 @@ def _fwd_kv_loop(
                           IS_CAUSAL, HAS_MASK)
             b_s = tl.where(m_s, b_s, float("-inf"))
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        # A row that has seen only masked keys keeps m = -inf; subtract 0 instead of -inf.
-        b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
+        b_m_safe = b_m_new
+        if MASKED:  # a row that has seen only masked keys keeps m = -inf: subtract 0 instead
+            b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
         b_p = tl.exp2(b_s - b_m_safe[:, None])
         b_alpha = tl.exp2(b_m - b_m_safe)
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
