@@ -93,6 +93,33 @@ def head_dim_pruner(kind: str):
     return prune
 
 
+_autotuning = True
+
+
+def use_autotuning(enabled: bool) -> bool:
+    """Turn autotuning on (the default) or off; returns the previous setting.
+
+    Off, GPU launches take the first tile of their head-dim class: no tuning runs, so a test
+    suite that visits hundreds of shape families compiles one kernel per family, not six.
+    """
+    global _autotuning
+    previous, _autotuning = _autotuning, bool(enabled)
+    return previous
+
+
+def launch(kernel, kind: str, grid, args: tuple, flags: dict) -> None:
+    """Launch ``kernel`` with ``grid(meta)`` over the tile ``meta`` it runs with: the
+    interpreter's fixed tile, the first candidate when autotuning is off, else autotuned."""
+    if is_interpreter():
+        kernel[grid(INTERPRETER_META)](*args, **flags, **INTERPRETER_META)
+    elif not _autotuning:
+        config = tile_config(TILES[kind][head_dim_class(flags["BLOCK_D"])][0])
+        kernel[grid(config.kwargs)](*args, **flags, **config.kwargs,
+                                    num_warps=config.num_warps, num_stages=config.num_stages)
+    else:
+        autotuned(kernel, kind)[grid](*args, **flags)
+
+
 @functools.cache
 def autotuned(kernel, kind: str):
     """``kernel`` autotuned over ``TILES[kind]``, pruned to the launch's head-dim class.

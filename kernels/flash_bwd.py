@@ -16,7 +16,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import INTERPRETER_META, autotuned, head_dim_block, is_interpreter, seqlen_bucket
+from .configs import (
+    INTERPRETER_META,
+    head_dim_block,
+    is_interpreter,
+    launch,
+    seqlen_bucket,
+)
 from .dropout import keep_mask
 from .flash_fwd import LOG2E, kernel_flags, mask_args, needs_int64_rows
 from .masking import visible
@@ -293,18 +299,6 @@ def _attn_bwd_dq_kernel(
              mask=m_q)
 
 
-def _launch(kernel, rows: int, programs: int, args: tuple, flags: dict) -> None:
-    """Launch with the interpreter's fixed tile, or autotuned on a GPU; ``rows`` is the
-    length the grid's first axis tiles (Lq for dQ, Lk for dK/dV)."""
-    kind, block = ("dkdv", "BLOCK_N") if kernel is _attn_bwd_dkdv_kernel else ("dq", "BLOCK_M")
-    if is_interpreter():
-        grid = (triton.cdiv(rows, INTERPRETER_META[block]), programs)
-        kernel[grid](*args, **flags, **INTERPRETER_META)
-        return
-    autotuned(kernel, kind)[lambda meta: (triton.cdiv(rows, meta[block]), programs)](
-        *args, **flags)
-
-
 def attention_backward(
     do: torch.Tensor,
     q: torch.Tensor,
@@ -355,14 +349,16 @@ def attention_backward(
     )
     seed_arg = seed if has_dropout else lse
     mask_ptr, *mask_strides = mask_args(attn_mask, lse)
-    _launch(
-        _attn_bwd_dkdv_kernel, seqlen_k, batch * n_heads_kv,
+    launch(
+        _attn_bwd_dkdv_kernel, "dkdv",
+        lambda meta: (triton.cdiv(seqlen_k, meta["BLOCK_N"]), batch * n_heads_kv),
         (q, k, v, do, dk, dv, lse_log2, delta, seed_arg, mask_ptr, *common, *dk.stride(),
          *dv.stride(), *mask_strides, n_heads_kv, group_size, seqlen_q, seqlen_k, bucket),
         flags,
     )
-    _launch(
-        _attn_bwd_dq_kernel, seqlen_q, batch * n_heads_q,
+    launch(
+        _attn_bwd_dq_kernel, "dq",
+        lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q),
         (q, k, v, do, dq, lse_log2, delta, seed_arg, mask_ptr, *common, *dq.stride(),
          *mask_strides, n_heads_q, group_size, seqlen_q, seqlen_k, bucket),
         flags,

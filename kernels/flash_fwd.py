@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import INTERPRETER_META, autotuned, head_dim_block, is_interpreter, seqlen_bucket
+from .configs import head_dim_block, is_interpreter, launch, seqlen_bucket
 from .dropout import keep_mask
 from .masking import visible
 
@@ -211,12 +211,5 @@ def attention_forward(
         HAS_MASK=attn_mask is not None, HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows,
         **kernel_flags(q),
     )
-    if is_interpreter():
-        grid = (triton.cdiv(seqlen_q, INTERPRETER_META["BLOCK_M"]), batch * n_heads_q)
-        _attn_fwd_kernel[grid](*args, **flags, **INTERPRETER_META)
-        return
-
-    def grid(meta):
-        return (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q)
-
-    autotuned(_attn_fwd_kernel, "fwd")[grid](*args, **flags)
+    launch(_attn_fwd_kernel, "fwd",
+           lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q), args, flags)

@@ -23,6 +23,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fixed_tiles():
+    """GPU launches take their head-dim class's first tile instead of autotuning: the suite
+    visits hundreds of shape families, and tuning each would compile six kernels per family.
+    tests/test_configs.py checks the autotuned launch."""
+    from kernels import configs
+
+    previous = configs.use_autotuning(False)
+    yield
+    configs.use_autotuning(previous)
+
+
 @pytest.fixture
 def device() -> str:
     """The device kernels run on here: CUDA when present, else the CPU interpreter."""

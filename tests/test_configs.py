@@ -48,3 +48,25 @@ def test_kernels_compile_for_hopper_with_warpgroup_mma_and_no_spills():
         assert note.strip() == "", f"{kernel} {config}: {note.strip()}"
         assert int(hgmma) > 0, f"{kernel} {config}: no warpgroup MMA in the SASS"
         assert int(spill) == 0, f"{kernel} {config}: {spill.strip()} bytes of register spills"
+
+
+@pytest.mark.cuda
+def test_autotuned_launch_agrees_with_the_fixed_tile():
+    import torch
+
+    import attention_ops as ao
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 1000, 64, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    do = torch.randn_like(q)
+    results = []
+    for autotune in (False, True):
+        previous = configs.use_autotuning(autotune)
+        try:
+            out = ao.flash_attention(q, k, v, causal=True)
+            results.append((out, *torch.autograd.grad(out, (q, k, v), do)))
+        finally:
+            configs.use_autotuning(previous)
+    for fixed, tuned in zip(*results, strict=True):
+        torch.testing.assert_close(tuned, fixed, atol=2e-2, rtol=2e-2)
