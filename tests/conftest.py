@@ -14,6 +14,9 @@ import pytest  # noqa: E402
 
 ON_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if ON_CUDA else "cpu"
+# Tensors, modules and generators made without a device land where the kernels run, so every
+# test exercises the fused path on a GPU machine as it does through the interpreter here.
+torch.set_default_device(DEVICE)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,6 +4,7 @@ our SDPA without graph breaks, forward and backward, and the custom ops pass opc
 import pytest
 import torch
 import torch.nn.functional as F
+from seeding import generator
 
 import attention_ops as ao
 from attention_ops import ops
@@ -23,7 +24,7 @@ def outputs_and_grads(fn, inputs, seed=0):
     inputs = [t.detach().requires_grad_() for t in inputs]
     torch.manual_seed(seed)
     out = fn(*inputs)
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    dout = torch.randn(out.shape, generator=generator(1))
     return [out.detach(), *torch.autograd.grad(out, inputs, dout)]
 
 
@@ -77,7 +78,7 @@ def test_patched_torch_sdpa_compiles_to_our_kernel():
 
 
 def test_eager_fallback_compiles_without_graph_breaks():
-    mask = torch.randn(37, 37, generator=torch.Generator().manual_seed(0))  # float: eager
+    mask = torch.randn(37, 37, generator=generator(0))  # float: eager
     assert_compiled_matches_eager(
         lambda q, k, v: ao.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                         enable_gqa=True),

@@ -15,8 +15,11 @@ BACKENDS = ["eager", "triton"]
 
 
 def first_row(module_factory, seed, x, backend):
+    """Build the module as the teaching text does (seeded CPU generator), run it on x's device."""
     torch.manual_seed(seed)
-    return module_factory(backend)(x)[0].detach()
+    with torch.device("cpu"):
+        module = module_factory(backend)
+    return module.to(x.device)(x)[0].detach()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -127,7 +130,9 @@ def test_auto_backend_uses_eager_math_on_cpu(monkeypatch):
         raise AssertionError("auto must not take the fused path for CPU tensors")
 
     monkeypatch.setattr("attention_ops.modules.flash_attention", fail)
-    ao.MultiHeadAttention(4, 4, 8, 0.0, num_heads=2)(torch.randn(1, 8, 4))
+    monkeypatch.setattr("attention_ops.modules.scaled_dot_product_attention", fail)
+    with torch.device("cpu"):
+        ao.MultiHeadAttention(4, 4, 8, 0.0, num_heads=2)(torch.randn(1, 8, 4))
 
 
 def test_modules_register_the_causal_mask_buffer():

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from seeding import generator
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attention_ops as ao
@@ -72,7 +73,7 @@ def random_case(seed: int) -> tuple[list[torch.Tensor], dict]:
     """A random valid SDPA call: leading dims, GQA or head broadcasting, lengths 1..40,
     value dim != key dim, bool/float/no mask or causal, custom scales, float32/float64."""
     rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     dtype = rng.choice([torch.float32, torch.float32, torch.float64])
     batch = rng.choice([(), (2,), (1, 2)])
     heads_kv = rng.choice([1, 2])

@@ -2,6 +2,7 @@
 eager backend, and compiles with torch.compile(fullgraph=True)."""
 
 import torch
+from seeding import generator
 from torch import nn
 
 import attention_ops as ao
@@ -46,7 +47,7 @@ def tiny_gpt(backend: str) -> TinyGPT:
 
 
 def token_batch() -> torch.Tensor:
-    return torch.randint(0, VOCAB, (2, CONTEXT + 1), generator=torch.Generator().manual_seed(1))
+    return torch.randint(0, VOCAB, (2, CONTEXT + 1), generator=generator(1))
 
 
 def train(model: nn.Module, steps: int) -> list[float]:

@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from seeding import generator
 
 transformers = pytest.importorskip("transformers", reason="the integration's optional dependency")
 
@@ -45,7 +46,7 @@ def with_attention(model: torch.nn.Module, implementation: str, dtype: torch.dty
 
 
 def batch(padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    ids = torch.randint(0, 100, (2, SEQLEN), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 100, (2, SEQLEN), generator=generator(1))
     if not padded:
         return ids, None
     mask = torch.ones(2, SEQLEN, dtype=torch.long)
@@ -58,7 +59,7 @@ def logits_and_grads(model, ids, mask) -> list[torch.Tensor]:
     them. Padded query rows attend to nothing; eager and SDPA disagree there by design."""
     logits = model(input_ids=ids, attention_mask=mask).logits
     real = mask.bool() if mask is not None else torch.ones(ids.shape, dtype=torch.bool)
-    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(logits.shape, generator=generator(2))
     (logits * weights.to(logits.dtype))[real].sum().backward()
     return [logits[real].detach(), *(p.grad for p in model.parameters())]
 
