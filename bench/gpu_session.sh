@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: CUDA tests, then the benchmark, a short table last.
-# Run from the repository root on the device (its own torch/triton stay):
-#     bash bench/gpu_session.sh            # results under $OUT (or bench/results/gpu)
+# On a lent GPU machine, from the repository root (the machine's own torch/triton stay):
+#     bash bench/gpu_session.sh tests    # CUDA tests, then the whole suite on CUDA
+#     bash bench/gpu_session.sh bench    # comparison sweep, a short TFLOP/s table last
+# Two stages because each fits one device command (10 minutes): the sweep's first calls
+# autotune and compile every tile candidate. Results go under $OUT (or bench/results/gpu).
 set -uo pipefail
+stage="${1:?usage: bash bench/gpu_session.sh tests|bench}"
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 out="${OUT:-bench/results/gpu}"
 mkdir -p "$out"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
             torch.cuda.get_device_name())"
-python3 -m pytest tests -m cuda -q -x 2>&1 | tee "$out/cuda-tests.log" | tail -n 5
-python3 -m pytest tests -q -x --deselect tests/test_bench_smoke.py 2>&1 \
-    | tee "$out/all-tests.log" | tail -n 3
+if [ "$stage" = tests ]; then
+    python3 -m pytest tests -m cuda -q 2>&1 | tee "$out/cuda-tests.log" | tail -n 5
+    # Eight workers (pytest-xdist is on the device image) compile the kernels in parallel.
+    python3 -m pytest tests -q -n 8 -m "not cuda" --deselect tests/test_bench_smoke.py 2>&1 \
+        | tee "$out/other-tests.log" | tail -n 3
+    exit 0
+fi
 # Issue targets: causal and full, D 64/128, L 1024..16384, fwd and fwd+bwd, against the peers.
 python3 -m bench --providers sdpa-flash sdpa-cudnn flex ours \
     --seqlens 1024 2048 4096 8192 16384 --modes fwd fwd+bwd --out "$out/bench" \
