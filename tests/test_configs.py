@@ -81,14 +81,17 @@ def _every_tile() -> list:
     return params
 
 
+@pytest.mark.parametrize("variant", ["causal", "mask-and-dropout"])
 @pytest.mark.parametrize("kind, head_dim, tile", _every_tile())
-def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, device,
-                                                          monkeypatch):
+def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, variant,
+                                                          device, monkeypatch):
     """Launch through the fixed-tile path with each candidate first in its table (off the GPU
-    the interpreter runs the real tile sizes), causal so every BLOCK_M != BLOCK_N boundary
-    case of the diagonal loops comes up, with a ragged length."""
+    the interpreter runs the real tile sizes): causal, so every BLOCK_M != BLOCK_N case of the
+    diagonal loops comes up, and with a bool mask and dropout, whose mask the forward and the
+    two backward kernels must regenerate alike from different tilings. Ragged length."""
     import torch
     from numerics import assert_matches_reference
+    from seeding import generator
 
     import attention_ops as ao
 
@@ -99,5 +102,14 @@ def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, 
     monkeypatch.setitem(configs.TILES, kind, table)
     torch.manual_seed(sum(tile))
     q, k, v = (torch.randn(1, 2, 150, head_dim, dtype=torch.float16) for _ in range(3))
-    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, causal=True),
-                             q, k, v, causal=True)
+    if variant == "causal":
+        assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, causal=True),
+                                 q, k, v, causal=True)
+    else:
+        p, mask = 0.2, torch.rand(150, 150) > 0.2
+        keep = ao.dropout_keep_mask((1, 2, 150, 150), p,
+                                    ao.draw_dropout_seed(q.device, generator(7)))
+        assert_matches_reference(
+            lambda q, k, v: ao.flash_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                               generator=generator(7)),
+            q, k, v, attn_mask=mask, dropout_p=p, keep_mask=keep)
