@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from numerics import assert_matches_reference
+from seeding import generator
 
+import attention_ops as ao
 from kernels import configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +56,6 @@ def test_kernels_compile_for_hopper_with_warpgroup_mma_and_no_spills():
 
 @pytest.mark.cuda
 def test_autotuned_launch_agrees_with_the_fixed_tile():
-    import torch
-
-    import attention_ops as ao
-
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 1000, 64, device="cuda", dtype=torch.bfloat16,
                            requires_grad=True) for _ in range(3))
@@ -89,12 +89,6 @@ def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, 
     the interpreter runs the real tile sizes): causal, so every BLOCK_M != BLOCK_N case of the
     diagonal loops comes up, and with a bool mask and dropout, whose mask the forward and the
     two backward kernels must regenerate alike from different tilings. Ragged length."""
-    import torch
-    from numerics import assert_matches_reference
-    from seeding import generator
-
-    import attention_ops as ao
-
     if device == "cpu":
         monkeypatch.setattr(configs, "is_interpreter", lambda: False)
     table = dict(configs.TILES[kind])
