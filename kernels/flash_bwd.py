@@ -35,6 +35,7 @@ def _bwd_delta_kernel(
     stride_dob, stride_doh, stride_dom, stride_dod,
     n_heads_q, seqlen_q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
     """DELTA[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in fp32."""
     i_m = tl.program_id(0)
@@ -42,6 +43,8 @@ def _bwd_delta_kernel(
     i_b = i_bh // n_heads_q
     i_h = i_bh % n_heads_q
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if INT64_ROWS:
+        offs_m = offs_m.to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     m_o = (offs_m[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
     b_o = tl.load(O + i_b * stride_ob + i_h * stride_oh + offs_m[:, None] * stride_om
@@ -61,6 +64,7 @@ def _dkdv_q_loop(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
     """Accumulate dK, dV of one key tile over query tiles [start_m, end_m), in transposed
     form ([BLOCK_N, BLOCK_M] tiles) so no tile needs a transpose before its dot. MASKED tiles
@@ -69,6 +73,8 @@ def _dkdv_q_loop(
     m_d = offs_d < HEAD_DIM
     for start in range(start_m, end_m, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
+        if INT64_ROWS:
+            offs_m = offs_m.to(tl.int64)
         m_rows = offs_m < seqlen_q
         m_qd = m_rows[:, None] & m_d[None, :]
         b_q = tl.load(p_q + offs_m[:, None] * stride_qm, mask=m_qd, other=0.0)  # [M, D]
@@ -166,6 +172,7 @@ def _attn_bwd_dkdv_kernel(
             i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
             start_m, tl.minimum(full_start, seqlen_q), seqlen_q, seqlen_k, qk_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
+            INT64_ROWS,
         )
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
@@ -173,6 +180,7 @@ def _attn_bwd_dkdv_kernel(
             i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
             full_start, seqlen_q, seqlen_q, seqlen_k, qk_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
+            INT64_ROWS,
         )
 
     p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh
@@ -192,6 +200,7 @@ def _dq_kv_loop(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
     """Accumulate dQ of one query tile over key tiles [start_n, end_n). Keys past Lk load as
     zeros and add nothing; MASKED tiles straddle the causal diagonal or lie under a boolean
@@ -199,6 +208,8 @@ def _dq_kv_loop(
     m_d = offs_d < HEAD_DIM
     for start in range(start_n, end_n, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
+        if INT64_ROWS:
+            offs_n = offs_n.to(tl.int64)
         m_kv = (offs_n[:, None] < seqlen_k) & m_d[None, :]
         b_k = tl.load(p_k + offs_n[:, None] * stride_kn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
         b_v = tl.load(p_v + offs_n[:, None] * stride_vn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
@@ -287,12 +298,14 @@ def _attn_bwd_dq_kernel(
         p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, dropout_p,
         dropout_scale, 0, full_end, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N,
         False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
+            INT64_ROWS,
     )
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
         p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, dropout_p,
         dropout_scale, full_end, end_n, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M,
         BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
+            INT64_ROWS,
     )
     tl.store(DQ + i_b * stride_dqb + i_h * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :] * stride_dqd, (b_dq * sm_scale).to(DQ.dtype.element_ty),
@@ -327,14 +340,15 @@ def attention_backward(
     group_size = n_heads_q // n_heads_kv
     has_dropout = dropout_p > 0.0
     if int64_rows is None:
-        int64_rows = needs_int64_rows(q, k, v, do, dq, dk, dv)
+        int64_rows = needs_int64_rows(q, k, v, out, do, dq, dk, dv,
+                                      *(() if attn_mask is None else (attn_mask,)))
     block_d = head_dim_block(head_dim)
 
     delta = torch.empty_like(lse)
     block_m = 64 if not is_interpreter() else INTERPRETER_META["BLOCK_M"]
     _bwd_delta_kernel[(triton.cdiv(seqlen_q, block_m), batch * n_heads_q)](
         out, do, delta, *out.stride(), *do.stride(), n_heads_q, seqlen_q,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, INT64_ROWS=int64_rows,
     )
     # A row that saw no key (lse = -inf) gets +inf, so its recomputed weights are exp2(-inf) = 0.
     lse_log2 = torch.where(lse == float("-inf"), float("inf"), lse * LOG2E)

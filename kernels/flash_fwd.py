@@ -27,12 +27,15 @@ def _fwd_kv_loop(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
     """Accumulate key tiles [start_n, end_n). MASKED tiles apply the length, causal and
     boolean masks; the others (the bulk of the work) skip them."""
     m_d = offs_d < HEAD_DIM
     for start in range(start_n, end_n, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
+        if INT64_ROWS:
+            offs_n = offs_n.to(tl.int64)
         m_kv = m_d[None, :]
         if MASKED:
             m_kv = m_kv & (offs_n[:, None] < seqlen_k)
@@ -129,12 +132,13 @@ def _attn_fwd_kernel(
         b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
         offs_m, offs_d, rng_rows, seed, dropout_p, 0, full_end, seqlen_q, seqlen_k, qk_scale,
         HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
+        INT64_ROWS,
     )
     b_acc, b_l, b_m = _fwd_kv_loop(
         b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
         offs_m, offs_d, rng_rows, seed, dropout_p, full_end, end_n, seqlen_q, seqlen_k,
         qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST,
-        PRECISION,
+        PRECISION, INT64_ROWS,
     )
 
     # A row with no visible key has l = 0: it outputs zeros and an LSE of -inf.
@@ -159,7 +163,8 @@ def kernel_flags(q: torch.Tensor) -> dict:
 
 
 def needs_int64_rows(*tensors: torch.Tensor) -> bool:
-    """Whether row offsets inside one head can pass 2**31 (batch/head offsets are always int64)."""
+    """Whether row offsets inside one head of any of these 4-D tensors can pass 2**31
+    (batch/head offsets are always int64)."""
     return any(t.shape[2] * max(t.stride(2), 1) + t.shape[3] * t.stride(3) >= 2**31
                for t in tensors)
 
@@ -198,7 +203,7 @@ def attention_forward(
     seqlen_k = k.shape[2]
     has_dropout = dropout_p > 0.0
     if int64_rows is None:
-        int64_rows = needs_int64_rows(q, k, v, out)
+        int64_rows = needs_int64_rows(q, k, v, out, *(() if attn_mask is None else (attn_mask,)))
     mask_ptr, *mask_strides = mask_args(attn_mask, lse)
     args = (
         q, k, v, out, lse, seed if has_dropout else lse, mask_ptr,

@@ -109,20 +109,25 @@ def test_no_keys_gives_zero_output_and_neg_inf_lse(device):
     assert torch.isneginf(lse).all()
 
 
-def test_int64_row_offsets_give_the_same_bits(device):
+@pytest.mark.parametrize("variant", ["causal", "mask-and-dropout"])
+def test_int64_row_offsets_give_the_same_bits(variant, device):
     """The 64-bit path used when one head spans > 2**31 elements, forced at small size."""
     torch.manual_seed(11)
     q, k, v = qkv(2, 2, 1, 45, 38, 32, torch.float16, device)
     do = torch.randn_like(q)
+    options = dict(scale=0.2, causal=True, dropout_p=0.0, seed=None)
+    if variant == "mask-and-dropout":
+        options = dict(scale=0.2, causal=False, dropout_p=0.3,
+                       seed=ao.draw_dropout_seed(device),
+                       attn_mask=(torch.rand(45, 38, device=device) > 0.3).expand(2, 2, 45, 38))
     results = []
     for int64_rows in (False, True):
         out = torch.empty_like(q)
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=device)
-        kernels.attention_forward(q, k, v, out, lse, scale=0.2, causal=True, dropout_p=0.0,
-                                  seed=None, int64_rows=int64_rows)
+        kernels.attention_forward(q, k, v, out, lse, int64_rows=int64_rows, **options)
         grads = [torch.empty_like(t) for t in (q, k, v)]
-        kernels.attention_backward(do, q, k, v, out, lse, *grads, scale=0.2, causal=True,
-                                   dropout_p=0.0, seed=None, int64_rows=int64_rows)
+        kernels.attention_backward(do, q, k, v, out, lse, *grads, int64_rows=int64_rows,
+                                   **options)
         results.append([out, lse, *grads])
     for narrow, wide in zip(*results, strict=True):
         assert torch.equal(narrow, wide)
