@@ -10,6 +10,7 @@ import functools
 import os
 
 import triton
+from triton.runtime.errors import OutOfResources
 
 
 def is_interpreter() -> bool:
@@ -99,8 +100,9 @@ _autotuning = True
 def use_autotuning(enabled: bool) -> bool:
     """Turn autotuning on (the default) or off; returns the previous setting.
 
-    Off, GPU launches take the first tile of their head-dim class: no tuning runs, so a test
-    suite that visits hundreds of shape families compiles one kernel per family, not six.
+    Off, GPU launches take the first tile of their head-dim class that fits the device's
+    shared memory: no tuning runs, so a test suite that visits hundreds of shape families
+    compiles about one kernel per family, not six.
     """
     global _autotuning
     previous, _autotuning = _autotuning, bool(enabled)
@@ -113,11 +115,25 @@ def launch(kernel, kind: str, grid, args: tuple, flags: dict) -> None:
     if is_interpreter():
         kernel[grid(INTERPRETER_META)](*args, **flags, **INTERPRETER_META)
     elif not _autotuning:
-        config = tile_config(TILES[kind][head_dim_class(flags["BLOCK_D"])][0])
-        kernel[grid(config.kwargs)](*args, **flags, **config.kwargs,
-                                    num_warps=config.num_warps, num_stages=config.num_stages)
+        _launch_first_fitting_tile(kernel, TILES[kind][head_dim_class(flags["BLOCK_D"])], grid,
+                                   args, flags)
     else:
         autotuned(kernel, kind)[grid](*args, **flags)
+
+
+def _launch_first_fitting_tile(kernel, tiles, grid, args: tuple, flags: dict) -> None:
+    """Launch with the first of ``tiles`` the device has the shared memory for (float32
+    inputs double a tile's footprint; GPUs before Hopper have less)."""
+    for i, tile in enumerate(tiles):
+        config = tile_config(tile)
+        try:
+            kernel[grid(config.kwargs)](*args, **flags, **config.kwargs,
+                                        num_warps=config.num_warps,
+                                        num_stages=config.num_stages)
+            return
+        except OutOfResources:  # raised before the kernel runs: nothing was written
+            if i == len(tiles) - 1:
+                raise
 
 
 @functools.cache

@@ -10,6 +10,7 @@ import pytest
 import torch
 from numerics import assert_matches_reference
 from seeding import generator
+from triton.runtime.errors import OutOfResources
 
 import attention_ops as ao
 from kernels import configs
@@ -36,6 +37,25 @@ def test_head_dims_pad_to_a_power_of_two_of_at_least_16():
 def test_lengths_share_a_few_coarse_tuning_buckets():
     buckets = {configs.seqlen_bucket(n) for n in range(1, 40000, 7)}
     assert buckets == {256, 512, 1024, 2048, 4096, 8192, 16384}
+
+
+def test_fixed_tile_launch_moves_past_tiles_the_device_cannot_fit(monkeypatch):
+    tiles = configs.TILES["fwd"][64]
+    launched = []
+
+    class KernelOutOfSharedMemoryOnTheFirstTile:
+        def __getitem__(self, grid):
+            def run(*args, BLOCK_M, BLOCK_N, num_warps, num_stages, **flags):
+                if (BLOCK_M, BLOCK_N, num_warps, num_stages) == tiles[0]:
+                    raise OutOfResources(300_000, 232_448, "shared memory")
+                launched.append((BLOCK_M, BLOCK_N, num_warps, num_stages))
+
+            return run
+
+    monkeypatch.setattr(configs, "is_interpreter", lambda: False)
+    configs.launch(KernelOutOfSharedMemoryOnTheFirstTile(), "fwd", lambda meta: (1,), (),
+                   {"BLOCK_D": 64})
+    assert launched == [tiles[1]]
 
 
 def test_kernels_compile_for_hopper_with_warpgroup_mma_and_no_spills():
