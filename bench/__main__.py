@@ -4,6 +4,7 @@ and plots. Without CUDA it runs a small correctness-only sweep on the Triton int
     python -m bench                      # full sweep (GPU), or the CPU smoke sweep
     python -m bench --quick              # a few shapes
     python -m bench --seqlens 4096 --head-dims 128 --providers sdpa-flash ours --modes fwd
+    python -m bench --providers sdpa-flash ours --modes fwd+bwd --dropouts 0.0 0.1
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 COLUMNS = {
     "provider": "provider", "mode": "mode", "b": "b", "h": "h", "n": "n", "d": "d",
-    "causal": "causal", "dtype": "dtype", "status": "status", "ms": "ms (median)",
+    "causal": "causal", "dtype": "dtype", "p": "p", "status": "status", "ms": "ms (median)",
     "tflops": "TFLOP/s", "peak_mib": "peak MiB", "speedup_vs_eager": "x eager",
     "speedup_vs_best_other": "x best other", "max_err": "max err", "rel_err": "rel err",
 }
@@ -50,6 +51,7 @@ class SweepConfig:
     head_dims: tuple[int, ...]
     causal: tuple[bool, ...]
     dtypes: tuple[str, ...]
+    dropouts: tuple[float, ...]
     modes: tuple[str, ...]
     providers: tuple[str, ...]
     warmup_ms: float
@@ -58,8 +60,8 @@ class SweepConfig:
 
 GPU_FULL = SweepConfig(
     tokens=16384, hidden=2048, seqlens=(512, 1024, 2048, 4096, 8192, 16384), head_dims=(64, 128),
-    causal=(True, False), dtypes=("bfloat16",), modes=MODES, providers=PROVIDER_NAMES,
-    warmup_ms=25, rep_ms=100,
+    causal=(True, False), dtypes=("bfloat16",), dropouts=(0.0,), modes=MODES,
+    providers=PROVIDER_NAMES, warmup_ms=25, rep_ms=100,
 )
 GPU_QUICK = dataclasses.replace(GPU_FULL, seqlens=(1024, 4096), causal=(True,))
 # Interpreter-sized: b=1, h=2, d=32. bf16 is left out: tl.dot on bf16 is wrong in the
@@ -75,6 +77,13 @@ def _bool(text: str) -> bool:
     if text.lower() not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() == "true"
+
+
+def _probability(text: str) -> float:
+    p = float(text)
+    if not 0.0 <= p < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -94,6 +103,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--causal", type=_bool, nargs="+", metavar="{true,false}",
                    help="causal masking, full attention or both")
     p.add_argument("--dtypes", nargs="+", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--dropouts", type=_probability, nargs="+", metavar="P",
+                   help="dropout probabilities on the attention weights (default 0.0)")
     p.add_argument("--modes", nargs="+", choices=MODES)
     p.add_argument("--providers", nargs="+", choices=PROVIDER_NAMES, metavar="PROVIDER",
                    help=f"any of {', '.join(PROVIDER_NAMES)} (default all)")
@@ -140,11 +151,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cases = list(sweep_cases(
         tokens=config.tokens, hidden=config.hidden, seqlens=config.seqlens,
         head_dims=config.head_dims, causals=config.causal,
-        dtypes=[getattr(torch, name) for name in config.dtypes], device=device,
+        dtypes=[getattr(torch, name) for name in config.dtypes], dropouts=config.dropouts,
+        device=device,
     ))
     rows = run_sweep(cases, providers_named(list(config.providers)), config.modes,
                      Timing(config.warmup_ms, config.rep_ms))
-    rows.sort(key=lambda r: (MODES.index(r.mode), r.d, not r.causal, r.dtype, r.n))
+    rows.sort(key=lambda r: (MODES.index(r.mode), r.d, not r.causal, r.dtype, r.p, r.n))
     write_results(rows, header, plot_title, out)
     print("\n".join(header + [""] + markdown_table([dataclasses.asdict(r) for r in rows],
                                                    COLUMNS)))

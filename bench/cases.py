@@ -17,7 +17,8 @@ MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 
 @dataclass(frozen=True)
 class Case:
-    """One attention problem: (b, h, n, d) inputs, self-attention (Lq = Lk = n)."""
+    """One attention problem: (b, h, n, d) inputs, self-attention (Lq = Lk = n), dropout
+    probability ``dropout_p`` on the attention weights."""
 
     b: int
     h: int
@@ -25,6 +26,7 @@ class Case:
     d: int
     causal: bool
     dtype: torch.dtype
+    dropout_p: float
     device: torch.device
 
     @property
@@ -40,9 +42,11 @@ class Case:
         return fwd * MODE_FLOP_FACTOR[mode]
 
     def label(self) -> str:
-        """Short human-readable form, e.g. ``b2 h16 n8192 d128 causal bfloat16``."""
+        """Short human-readable form, e.g. ``b2 h16 n8192 d128 causal bfloat16``, with
+        ``dropout 0.1`` appended when there is dropout."""
         mask = "causal" if self.causal else "full"
-        return f"b{self.b} h{self.h} n{self.n} d{self.d} {mask} {self.dtype_name}"
+        dropout = f" dropout {self.dropout_p:g}" if self.dropout_p > 0 else ""
+        return f"b{self.b} h{self.h} n{self.n} d{self.d} {mask} {self.dtype_name}{dropout}"
 
 
 def sweep_cases(
@@ -53,13 +57,16 @@ def sweep_cases(
     head_dims: Iterable[int],
     causals: Iterable[bool],
     dtypes: Iterable[torch.dtype],
+    dropouts: Iterable[float],
     device: torch.device,
 ) -> Iterator[Case]:
-    """Cases with b*n = ``tokens`` and h*d = ``hidden`` (at least one batch row and head).
+    """Cases with b*n = ``tokens`` and h*d = ``hidden`` (at least one batch row and head), one
+    per dropout probability of ``dropouts`` for each shape.
 
     The fixed token and width budget keeps the work per case comparable across lengths, as in
     the FlashAttention papers' benchmarks.
     """
-    for n, d, causal, dtype in itertools.product(seqlens, head_dims, causals, dtypes):
+    for n, d, causal, dtype, dropout_p in itertools.product(seqlens, head_dims, causals, dtypes,
+                                                            dropouts):
         yield Case(b=max(1, tokens // n), h=max(1, hidden // d), n=n, d=d, causal=causal,
-                   dtype=dtype, device=device)
+                   dtype=dtype, dropout_p=dropout_p, device=device)

@@ -19,7 +19,8 @@ class Row:
     """One line of the results: the case, the mode, a status and the measurements.
 
     ``status`` is "ok", "unavailable: <reason>", "OOM" or "error: <exception>"; the numbers are
-    NaN unless it is "ok". Column names (b, h, n, d) follow ../shared/anchors-h100.csv.
+    NaN unless it is "ok", and the errors are NaN on dropout rows (p > 0) too. Column names
+    (b, h, n, d) follow ../shared/anchors-h100.csv; ``p`` is the dropout probability.
     """
 
     provider: str
@@ -30,6 +31,7 @@ class Row:
     d: int
     causal: bool
     dtype: str
+    p: float
     status: str = "ok"
     ms: float = math.nan
     tflops: float = math.nan
@@ -43,7 +45,7 @@ class Row:
     def for_case(cls, provider: str, mode: str, case: Case, status: str = "ok") -> Row:
         """A row for ``case`` with no measurements yet."""
         return cls(provider, mode, case.b, case.h, case.n, case.d, case.causal, case.dtype_name,
-                   status)
+                   case.dropout_p, status)
 
 
 @dataclass(frozen=True)
@@ -82,14 +84,17 @@ def mode_step(attention: AttentionFn, x: Inputs, mode: str) -> Callable[[], obje
     return lambda: attention(x.q, x.k, x.v).backward(x.dout)
 
 
-def mode_errors(attention: AttentionFn, x: Inputs, expected: Expected, mode: str
+def mode_errors(attention: AttentionFn, x: Inputs, expected: Expected | None, mode: str
                 ) -> tuple[float, float]:
     """Errors against float64 of what ``mode`` computes: the output for fwd, (dq, dk, dv) for
-    bwd, all four for fwd+bwd. Also the warm-up (and, for flex, the compile) of the row."""
+    bwd, all four for fwd+bwd; NaN without a reference (dropout: every provider draws its own
+    mask). Also the warm-up (and, for flex, the compile) of the row."""
     out = attention(x.q, x.k, x.v)
+    grads = () if mode == "fwd" else torch.autograd.grad(out, (x.q, x.k, x.v), x.dout)
+    if expected is None:
+        return math.nan, math.nan
     pairs = [] if mode == "bwd" else [(out.detach(), expected.out)]
-    if mode != "fwd":
-        grads = torch.autograd.grad(out, (x.q, x.k, x.v), x.dout)
+    if grads:
         pairs += zip(grads, (expected.dq, expected.dk, expected.dv), strict=True)
     return max_errors(pairs)
 
@@ -99,10 +104,11 @@ def error_status(exc: BaseException) -> str:
     return f"error: {type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def measure(row: Row, attention: AttentionFn, case: Case, x: Inputs, expected: Expected,
+def measure(row: Row, attention: AttentionFn, case: Case, x: Inputs, expected: Expected | None,
             timing: Timing) -> Row:
-    """Fill ``row`` with errors, peak memory, median time and TFLOP/s; an OOM or any other
-    exception becomes the row's status instead of ending the sweep."""
+    """Fill ``row`` with errors (NaN when ``expected`` is None), peak memory, median time and
+    TFLOP/s; an OOM or any other exception becomes the row's status instead of ending the
+    sweep."""
     try:
         row.max_err, row.rel_err = mode_errors(attention, x, expected, row.mode)
         step = mode_step(attention, x, row.mode)

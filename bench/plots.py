@@ -16,12 +16,13 @@ def plot_vs_seqlen(rows: Sequence[Row], metric: str, ylabel: str, title: str, pa
                    ) -> None:
     """Plot ``metric`` (a Row field) against sequence length for every ok provider row.
 
-    Lines are labelled by provider (and dtype when the sweep has several); a panel with no
-    ok rows says so, so a CPU run still shows which panels exist.
+    Lines are labelled by provider (and by dtype, by dropout probability when the sweep has
+    several); a panel with no ok rows says so, so a CPU run still shows which panels exist.
     """
     panels = sorted({(r.mode, r.d, r.causal) for r in rows},
                     key=lambda p: (MODES.index(p[0]), p[1], not p[2]))
     several_dtypes = len({r.dtype for r in rows}) > 1
+    several_dropouts = len({r.p for r in rows}) > 1
     cols = min(3, len(panels))
     fig = Figure(figsize=(5 * cols, 3.6 * math.ceil(len(panels) / cols)), layout="constrained")
     axes = list(fig.subplots(math.ceil(len(panels) / cols), cols, squeeze=False).flat)
@@ -36,12 +37,13 @@ def plot_vs_seqlen(rows: Sequence[Row], metric: str, ylabel: str, title: str, pa
         ax.set_xlim(lengths[0] / 1.2, lengths[-1] * 1.2)
         points = [r for r in rows if (r.mode, r.d, r.causal) == (mode, d, causal)
                   and r.status == "ok" and not math.isnan(getattr(r, metric))]
-        lines = sorted({(r.provider, r.dtype) for r in points})
-        for provider, dtype in lines:
+        lines = sorted({(r.provider, r.dtype, r.p) for r in points})
+        for provider, dtype, p in lines:
             line = sorted((r.n, getattr(r, metric)) for r in points
-                          if (r.provider, r.dtype) == (provider, dtype))
-            ax.plot(*zip(*line, strict=True), marker="o",
-                    label=f"{provider} {dtype}" if several_dtypes else provider)
+                          if (r.provider, r.dtype, r.p) == (provider, dtype, p))
+            label = provider + (f" {dtype}" if several_dtypes else "")
+            label += f" p={p:g}" if several_dropouts else ""
+            ax.plot(*zip(*line, strict=True), marker="o", label=label)
         if lines:
             ax.legend(fontsize="small")
         else:

@@ -1,7 +1,8 @@
 """The attention implementations the sweep compares, one small class each.
 
 A provider says why it cannot run a case on this machine (``unavailable``) or builds the
-attention function for it (``build``): ``attention(q, k, v) -> out`` over (b, h, n, d) tensors.
+attention function for it (``build``): ``attention(q, k, v) -> out`` over (b, h, n, d) tensors,
+with the case's masking and dropout probability.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class Eager(Provider):
     name = "eager"
 
     def build(self, case: Case) -> AttentionFn:
-        return functools.partial(reference.scaled_dot_product_attention, causal=case.causal)
+        return functools.partial(reference.scaled_dot_product_attention, causal=case.causal,
+                                 dropout_p=case.dropout_p)
 
 
 class Ours(Provider):
@@ -55,7 +57,7 @@ class Ours(Provider):
         return fused_path_problem(probe, probe, probe)
 
     def build(self, case: Case) -> AttentionFn:
-        return functools.partial(flash_attention, causal=case.causal)
+        return functools.partial(flash_attention, causal=case.causal, dropout_p=case.dropout_p)
 
 
 class Sdpa(Provider):
@@ -73,12 +75,14 @@ class Sdpa(Provider):
         def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             # The backward runs the kernel family the forward picked; no context needed there.
             with sdpa_kernel(self.backend):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal)
+                return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal,
+                                                      dropout_p=case.dropout_p)
 
         return attention
 
     def _probe(self, case: Case) -> str | None:
-        """Run a small problem of the case's dtype, head dim and masking through the backend.
+        """Run a small problem of the case's dtype, head dim, masking and dropout through the
+        backend.
 
         SDPA refuses unsupported inputs with "No available kernel" and explains why in
         warnings; those explanations become the reason.
@@ -101,11 +105,14 @@ def _causal_mask_mod(b, h, q_idx, kv_idx):
 
 class Flex(Provider):
     """FlexAttention compiled with ``torch.compile`` (fullgraph, so it cannot fall back to
-    the unfused math silently), with a causal block mask from ``create_block_mask``."""
+    the unfused math silently), with a causal block mask from ``create_block_mask``. It has
+    no dropout."""
 
     name = "flex"
 
     def unavailable(self, case: Case) -> str | None:
+        if case.dropout_p > 0:
+            return "no dropout in FlexAttention"
         return None if case.device.type == "cuda" else "no CUDA"
 
     def build(self, case: Case) -> AttentionFn:

@@ -17,13 +17,15 @@ from bench.providers import AttentionFn, Provider
 def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Sequence[str],
               timing: Timing) -> list[Row]:
     """One row per (case, provider, mode). All providers of a case share its random inputs
-    and its float64 reference; a provider that cannot run, or fails to build, still gets its
-    rows, with the reason as status."""
+    and its float64 reference (none for a case with dropout: the providers' masks differ, so
+    their errors against it would mean nothing); a provider that cannot run, or fails to build,
+    still gets its rows, with the reason as status."""
     rows: list[Row] = []
     bar = tqdm(total=len(cases) * len(providers) * len(modes), unit="row")
     for case in cases:
         x = Inputs.random(case)
-        expected = float64_reference(x.q, x.k, x.v, x.dout, causal=case.causal)
+        expected = (float64_reference(x.q, x.k, x.v, x.dout, causal=case.causal)
+                    if case.dropout_p == 0 else None)
         for provider in providers:
             bar.set_postfix_str(f"{provider.name} {case.label()}")
             prepared = _prepare(provider, case)
@@ -53,7 +55,7 @@ def add_speedups(rows: list[Row]) -> None:
     """Set each ok row's speedup over eager and over the fastest other ok provider of the same
     case and mode (time of the other / own time; NaN when there is none)."""
     def key(row: Row) -> tuple:
-        return (row.b, row.h, row.n, row.d, row.causal, row.dtype, row.mode)
+        return (row.b, row.h, row.n, row.d, row.causal, row.dtype, row.p, row.mode)
 
     ok = sorted((r for r in rows if r.status == "ok"), key=key)
     for _, same_problem in itertools.groupby(ok, key=key):

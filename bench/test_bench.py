@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 CASES = list(sweep_cases(tokens=16384, hidden=2048, seqlens=(2048, 8192), head_dims=(64, 128),
-                         causals=(True,), dtypes=(torch.bfloat16,), device=torch.device("cuda")))
+                         causals=(True,), dtypes=(torch.bfloat16,), dropouts=(0.0,),
+                         device=torch.device("cuda")))
 
 
 @pytest.mark.parametrize("provider", providers_named(["sdpa-flash", "ours"]),

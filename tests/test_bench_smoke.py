@@ -1,8 +1,9 @@
 """The benchmarks run end to end at tiny size (on the CPU: the Triton interpreter), so the
 bench code cannot rot unnoticed: files written, our kernel's errors small, every provider
-listed, the GPT training loop running with every attention."""
+listed, dropout swept, the GPT training loop running with every attention."""
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,20 @@ def test_cpu_run_is_labelled_and_lists_unavailable_providers(sweep):
     rows = read_csv(out / "results.csv")
     unavailable = {r["provider"] for r in rows if r["status"] == "unavailable: no CUDA"}
     assert unavailable == PROVIDERS - {"eager", "ours"}
+
+
+def test_sweep_with_dropout_runs_ours_at_each_p_and_reports_no_errors_for_p_above_0(tmp_path):
+    run_module("bench", "--quick", "--out", str(tmp_path), "--tokens", "64", "--hidden", "64",
+               "--seqlens", "64", "--head-dims", "32", "--dtypes", "float32", "--causal", "true",
+               "--modes", "fwd+bwd", "--providers", "flex", "ours", "--dropouts", "0.0", "0.1")
+    rows = {(r["provider"], float(r["p"])): r for r in read_csv(tmp_path / "results.csv")}
+    assert set(rows) == {(p, dropout) for p in ("flex", "ours") for dropout in (0.0, 0.1)}
+    assert rows["ours", 0.0]["status"] == rows["ours", 0.1]["status"] == "ok"
+    assert float(rows["ours", 0.0]["rel_err"]) < 1e-2
+    # Each provider draws its own dropout mask: no error against the reference is reported.
+    assert math.isnan(float(rows["ours", 0.1]["max_err"]))
+    assert math.isnan(float(rows["ours", 0.1]["rel_err"]))
+    assert rows["flex", 0.1]["status"] == "unavailable: no dropout in FlexAttention"
 
 
 def test_train_gpt_tiny_runs_every_attention_from_the_same_start(tmp_path):
