@@ -2,10 +2,15 @@
 # On a lent GPU machine, from the repository root (the machine's own torch/triton stay):
 #     bash bench/gpu_session.sh tests    # CUDA tests, then the whole suite on CUDA
 #     bash bench/gpu_session.sh bench    # comparison sweep, a short TFLOP/s table last
-# Two stages because each fits one device command (10 minutes): the sweep's first calls
+#     bash bench/gpu_session.sh dropout  # dropout 0.1 vs 0 and the SDPA backends with dropout
+# Separate stages because each fits one device command (10 minutes): the sweep's first calls
 # autotune and compile every tile candidate. Results go under $OUT (or bench/results/gpu).
 set -uo pipefail
-stage="${1:?usage: bash bench/gpu_session.sh tests|bench}"
+stage="${1:-}"
+case "$stage" in
+    tests | bench | dropout) ;;
+    *) echo "usage: bash bench/gpu_session.sh tests|bench|dropout" >&2; exit 2 ;;
+esac
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 out="${OUT:-bench/results/gpu}"
 mkdir -p "$out"
@@ -18,19 +23,27 @@ if [ "$stage" = tests ]; then
         | tee "$out/other-tests.log" | tail -n 3
     exit 0
 fi
-# Issue targets: causal and full, D 64/128, L 1024..16384, fwd and fwd+bwd, against the peers.
-python3 -m bench --providers sdpa-flash sdpa-cudnn flex ours \
-    --seqlens 1024 2048 4096 8192 16384 --modes fwd fwd+bwd --out "$out/bench" \
-    > "$out/bench.log" 2>&1
-python3 - "$out/bench/results.csv" <<'PY'
+if [ "$stage" = bench ]; then
+    # Causal and full, D 64/128, L 1024..16384, fwd and fwd+bwd, against the peers.
+    providers=(sdpa-flash sdpa-cudnn flex ours)
+    python3 -m bench --providers "${providers[@]}" --seqlens 1024 2048 4096 8192 16384 \
+        --modes fwd fwd+bwd --out "$out/bench" > "$out/bench.log" 2>&1
+else
+    # Dropout 0.1 against 0, and against the SDPA backends that support dropout.
+    providers=(sdpa-flash sdpa-efficient ours)
+    python3 -m bench --providers "${providers[@]}" --seqlens 1024 4096 16384 --causal true \
+        --modes fwd+bwd --dropouts 0.0 0.1 --out "$out/$stage" > "$out/$stage.log" 2>&1
+fi
+python3 - "$out/$stage/results.csv" "${providers[@]}" <<'PY'
 import csv, sys
-rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["status"] == "ok"]
-print(f"{'mode':8} {'d':>4} {'causal':>6} {'n':>6} " + " ".join(
-    f"{p:>11}" for p in ("sdpa-flash", "sdpa-cudnn", "flex", "ours")))
-keys = sorted({(r["mode"], r["d"], r["causal"], int(r["n"])) for r in rows})
-for mode, d, causal, n in keys:
-    tf = {r["provider"]: float(r["tflops"]) for r in rows
-          if (r["mode"], r["d"], r["causal"], int(r["n"])) == (mode, d, causal, n)}
-    print(f"{mode:8} {d:>4} {causal:>6} {n:>6} " + " ".join(
-        f"{tf.get(p, float('nan')):11.1f}" for p in ("sdpa-flash", "sdpa-cudnn", "flex", "ours")))
+path, providers = sys.argv[1], sys.argv[2:]
+rows = [r for r in csv.DictReader(open(path)) if r["status"] == "ok"]
+key = ("mode", "d", "causal", "p", "n")
+print(" ".join(f"{k:>7}" for k in key) + " " + " ".join(f"{p:>15}" for p in providers))
+for values in sorted({tuple(r[k] for k in key) for r in rows},
+                     key=lambda v: (v[0], int(v[1]), v[2], float(v[3]), int(v[4]))):
+    tflops = {r["provider"]: float(r["tflops"]) for r in rows
+              if tuple(r[k] for k in key) == values}
+    print(" ".join(f"{v:>7}" for v in values) + " " + " ".join(
+        f"{tflops.get(p, float('nan')):15.1f}" for p in providers))
 PY
