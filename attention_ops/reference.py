@@ -102,7 +102,7 @@ def scaled_dot_product_attention(
     weights = torch.softmax(scores.masked_fill(fully_masked, 0.0), dim=-1)
     weights = weights.masked_fill(fully_masked, 0.0)
     if keep_mask is not None:
-        weights = weights * keep_mask / (1.0 - dropout_p) if dropout_p < 1.0 else weights * 0.0
+        weights = _apply_keep_mask(weights, keep_mask, dropout_p)
     elif dropout_p > 0.0:
         weights = _dropout(weights, dropout_p, generator)
     out = weights @ v
@@ -117,4 +117,9 @@ def _dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> to
     if generator is None:
         return F.dropout(x, p, training=True)
     keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    return _apply_keep_mask(x, keep, p)
+
+
+def _apply_keep_mask(x: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+    """Zero the dropped entries and scale the survivors by 1/(1-p); p = 1 drops everything."""
     return x * keep / (1.0 - p) if p < 1.0 else x * 0.0
