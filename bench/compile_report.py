@@ -8,6 +8,10 @@ became Hopper warpgroup MMAs (HGMMA in the SASS).
 (``TRITON_INTERPRET=0``: on a machine without a GPU the bench package would otherwise pick
 the interpreter, whose kernels cannot be compiled.)
 
+Each kernel is compiled from the arguments its host-side launcher passes for a contiguous
+training-shaped problem, specialised as Triton's launcher would (unit strides become
+constants), so the report shows the code a GPU would run, vectorised loads included.
+
 Configs that spill, or need more shared memory than the architecture has, are the ones to
 prune from ``kernels.configs`` for that GPU family.
 """
@@ -21,18 +25,18 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
+import torch
 import triton
-from triton.backends.compiler import GPUTarget
+from triton._C.libtriton import native_specialize_impl  # what the launcher specialises with
+from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import configs
-from kernels.flash_bwd import _attn_bwd_dkdv_kernel, _attn_bwd_dq_kernel
-from kernels.flash_fwd import _attn_fwd_kernel
+from kernels import configs, flash_bwd, flash_fwd
 
-KERNELS = {"fwd": _attn_fwd_kernel, "dkdv": _attn_bwd_dkdv_kernel, "dq": _attn_bwd_dq_kernel}
-FLOAT_ARGS = {"sm_scale", "qk_scale", "dropout_p", "dropout_scale"}
-FP32_POINTERS = {"LSE", "DELTA"}
+KINDS = ("fwd", "dkdv", "dq")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
 
@@ -49,18 +53,56 @@ class Report:
     error: str = ""
 
 
-def _signature(kernel, dtype: str) -> dict[str, str]:
-    sig = {}
-    constexpr_names = {p.name for p in kernel.params if p.is_constexpr}
-    for name in kernel.arg_names:
-        if name in constexpr_names:
-            sig[name] = "constexpr"
-        elif name.isupper():
-            sig[name] = {"SEED": "*i64", "MASK": "*u8"}.get(
-                name, "*fp32" if name in FP32_POINTERS else f"*{dtype}")
-        else:
-            sig[name] = "fp32" if name in FLOAT_ARGS else "i32"
-    return sig
+class _NotLaunched:
+    """Stands in for a kernel whose launch the report skips (``kernel[grid](...)``)."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def captured_launches(head_dim: int, causal: bool, dtype: str, dropout: bool, mask: bool,
+                      seqlen: int = 2048, heads: int = 4) -> dict[str, tuple]:
+    """Run the host-side launchers on CPU tensors of a training-like problem (contiguous
+    (1, heads, seqlen, head_dim); a key-padding mask broadcast over heads and queries) with
+    every launch recorded instead of run: {kind: (kernel, args, flags)}."""
+    shape = (1, heads, seqlen, head_dim)
+    q, k, v, out, do, dq, dk, dv = (torch.empty(shape, dtype=DTYPES[dtype]) for _ in range(8))
+    lse = torch.zeros(shape[:3])
+    seed = torch.zeros(1, dtype=torch.int64)
+    attn_mask = (torch.ones(1, 1, 1, seqlen, dtype=torch.bool).expand(1, heads, seqlen, seqlen)
+                 if mask else None)
+    options = dict(scale=head_dim ** -0.5, causal=causal, dropout_p=0.1 if dropout else 0.0,
+                   seed=seed, attn_mask=attn_mask)
+    launches = {}
+
+    def record(kernel, kind, grid, args, flags):
+        launches[kind] = (kernel, args, flags)
+
+    with (mock.patch.object(flash_fwd, "launch", record),
+          mock.patch.object(flash_bwd, "launch", record),
+          mock.patch.object(flash_bwd, "_bwd_delta_kernel", _NotLaunched())):
+        flash_fwd.attention_forward(q, k, v, out, lse, **options)
+        flash_bwd.attention_backward(do, q, k, v, out, lse, dq, dk, dv, **options)
+    return launches
+
+
+def _specialise(kernel, args: tuple, constants: dict) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) as Triton's launcher derives them from these arguments:
+    integers equal to 1 become constants and 16-divisible integers and pointers are marked
+    so. Without this, unit strides stay unknown and no load can be vectorised."""
+    signature, constexprs, attrs = {}, dict(constants), {}
+    values = iter(args)
+    for index, param in enumerate(kernel.params):
+        if param.is_constexpr:
+            signature[param.name] = "constexpr"
+            continue
+        kind, attr = native_specialize_impl(BaseBackend, next(values), False, True, True)
+        signature[param.name] = kind
+        if kind == "constexpr":
+            constexprs[param.name] = attr
+        elif attr:
+            attrs[(index,)] = BaseBackend.parse_attr(attr)
+    return signature, constexprs, attrs
 
 
 def _tool(name: str) -> str:
@@ -84,18 +126,15 @@ def _resources(cubin: bytes) -> tuple[int, int, int]:
     return registers, spills, sass.count("HGMMA")
 
 
-def compile_one(name: str, config: triton.Config, head_dim: int, causal: bool, arch: int,
-                dtype: str, dropout: bool = False, mask: bool = False) -> Report:
-    kernel = KERNELS[name]
-    constants = dict(
-        HEAD_DIM=head_dim, BLOCK_D=configs.head_dim_block(head_dim), IS_CAUSAL=causal,
-        HAS_MASK=mask, HAS_DROPOUT=dropout, UPCAST=False,
-        PRECISION="ieee" if dtype == "fp32" else "tf32", INT64_ROWS=False, **config.kwargs,
-    )
+def compile_one(launch: tuple, name: str, config: triton.Config, head_dim: int, causal: bool,
+                arch: int) -> Report:
+    """Compile one recorded launch (see ``captured_launches``) with one tile config."""
+    kernel, args, flags = launch
     label = (f"M{config.kwargs['BLOCK_M']} N{config.kwargs['BLOCK_N']} "
              f"w{config.num_warps} s{config.num_stages}")
     report = Report(name, head_dim, causal, label)
-    source = ASTSource(fn=kernel, signature=_signature(kernel, dtype), constexprs=constants)
+    signature, constexprs, attrs = _specialise(kernel, args, {**flags, **config.kwargs})
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": config.num_warps,
@@ -113,9 +152,9 @@ def compile_one(name: str, config: triton.Config, head_dim: int, causal: bool, a
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90, 80")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=list(KERNELS))
+    parser.add_argument("--kernels", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
     parser.add_argument("--dropout", action="store_true", help="compile the dropout variant")
     parser.add_argument("--mask", action="store_true", help="compile the bool-mask variant")
@@ -133,9 +172,10 @@ def main(argv: list[str] | None = None) -> None:
             tiles = configs.TILES[name][configs.head_dim_class(configs.head_dim_block(head_dim))]
             tiles = tiles[:args.max_configs]
             for causal in causal_values:
+                launch = captured_launches(head_dim, causal, args.dtype, args.dropout,
+                                           args.mask)[name]
                 for config in map(configs.tile_config, tiles):
-                    r = compile_one(name, config, head_dim, causal, args.arch, args.dtype,
-                                    args.dropout, args.mask)
+                    r = compile_one(launch, name, config, head_dim, causal, args.arch)
                     smem = "" if r.shared_bytes is None else f"{r.shared_bytes / 1024:.0f}"
                     print(f"| {r.kernel} | {r.head_dim} | {r.causal} | {r.config} | "
                           f"{r.registers or ''} | {'' if r.spill_bytes is None else r.spill_bytes}"
