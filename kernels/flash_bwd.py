@@ -297,15 +297,13 @@ def _attn_bwd_dq_kernel(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
         p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, dropout_p,
         dropout_scale, 0, full_end, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N,
-        False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
-            INT64_ROWS,
+        False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION, INT64_ROWS,
     )
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
         p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, dropout_p,
         dropout_scale, full_end, end_n, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M,
-        BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
-            INT64_ROWS,
+        BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION, INT64_ROWS,
     )
     tl.store(DQ + i_b * stride_dqb + i_h * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :] * stride_dqd, (b_dq * sm_scale).to(DQ.dtype.element_ty),
