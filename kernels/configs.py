@@ -35,29 +35,33 @@ INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32}
 
 
 # Candidate tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) per head-dim class, read off the
-# sm_90a compile report (`python -m bench.compile_report`, 2026-11-22, Triton 3.9): the
-# register-spill-free tilings that use warpgroup MMAs, plus the least-spilling ones where none
-# is spill-free (the dK/dV kernel at D >= 128), and a small tile that fits float32 inputs on
-# GPUs with less shared memory. Autotuning times the survivors on the device; configs that do
-# not fit its shared memory are skipped there.
+# sm_90a compile report (`python -m bench.compile_report`, Triton 3.9, launch arguments
+# specialised as at run time): tilings that compile to warpgroup MMAs without register spills,
+# from the safest first (the one taken when autotuning is off) to the larger ones that may win
+# on time, plus a small tile for GPUs with less shared memory and for float32 inputs. At
+# D = 256 no dK/dV tiling both fits the registers and uses warpgroup MMAs: the spill-free
+# ones run mma.sync. Autotuning times the survivors on the device; tiles that do not fit its
+# shared memory are skipped there.
 FWD_TILES = {
     64: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 8, 3)],
-    128: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3), (128, 128, 8, 3),
-          (64, 32, 4, 2)],
-    256: [(128, 32, 8, 2), (64, 64, 8, 2), (32, 32, 4, 1)],
+    128: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 8, 3),
+          (64, 64, 4, 3), (64, 32, 4, 2)],
+    256: [(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 8, 3), (32, 32, 4, 1)],
 }
 # dK/dV: BLOCK_N keys stay resident while BLOCK_M query rows stream past.
 DKDV_TILES = {
     64: [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 4, 3),
          (16, 64, 4, 2)],
-    128: [(32, 64, 8, 2), (64, 64, 8, 2), (16, 64, 4, 2), (32, 32, 4, 2), (32, 32, 4, 1)],
+    128: [(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (16, 128, 8, 2), (16, 64, 8, 2),
+          (32, 32, 4, 1)],
     256: [(16, 32, 4, 2), (32, 32, 8, 1), (32, 32, 4, 1)],
 }
 # dQ: BLOCK_M query rows stay resident while BLOCK_N keys stream past.
 DQ_TILES = {
     64: [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (64, 128, 8, 2)],
-    128: [(64, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2), (128, 64, 8, 2), (32, 32, 4, 1)],
-    256: [(64, 32, 8, 2), (64, 16, 4, 2), (32, 32, 4, 1)],
+    128: [(64, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2),
+          (32, 32, 4, 1)],
+    256: [(64, 32, 8, 2), (64, 16, 8, 2), (64, 16, 4, 2), (32, 32, 4, 1)],
 }
 
 
