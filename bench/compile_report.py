@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.kernels:
         for head_dim in args.head_dims:
-            tiles = configs.TILES[name][configs.head_dim_class(configs.head_dim_block(head_dim))]
-            tiles = tiles[:args.max_configs]
+            tiles = configs.candidate_tiles(name, configs.head_dim_block(head_dim),
+                                            DTYPES[args.dtype])[:args.max_configs]
             for causal in causal_values:
                 launch = captured_launches(head_dim, causal, args.dtype, args.dropout,
                                            args.mask)[name]

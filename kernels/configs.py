@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 
+import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
@@ -66,6 +67,27 @@ DQ_TILES = {
 
 
 TILES = {"fwd": FWD_TILES, "dkdv": DKDV_TILES, "dq": DQ_TILES}
+
+# float32 inputs take IEEE dots, which compile to FMA loops that hold operand slices in
+# registers: in the sm_90a report (float32, 2026-11-23) every half-precision tile above spills
+# kilobytes, and only these small tiles compile spill-free.
+FP32_TILES = {
+    "fwd": {
+        64: [(32, 32, 4, 2), (64, 16, 4, 1), (32, 16, 4, 2), (16, 32, 4, 1)],
+        128: [(32, 16, 4, 2), (16, 16, 4, 1)],
+        256: [(16, 32, 4, 2), (32, 16, 4, 1), (16, 16, 4, 1)],
+    },
+    "dkdv": {
+        64: [(32, 32, 4, 1), (16, 32, 4, 2), (32, 16, 4, 2)],
+        128: [(16, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 1)],
+        256: [(16, 16, 4, 2), (16, 16, 4, 1)],
+    },
+    "dq": {
+        64: [(32, 32, 4, 2), (16, 32, 4, 1), (32, 16, 4, 1), (64, 16, 4, 1)],
+        128: [(16, 32, 4, 2), (32, 16, 4, 1), (16, 16, 4, 2)],
+        256: [(16, 32, 4, 2), (32, 16, 4, 1), (16, 16, 4, 2)],
+    },
+}
 # Tuning is cached per key: head dim, the constexpr switches, a coarse length bucket (and the
 # tensor dtypes, which Triton adds), so a training loop tunes once per shape family.
 AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_DROPOUT", "seqlen_bucket"]
@@ -74,6 +96,12 @@ AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_DROPOUT", "seqlen_buck
 def head_dim_class(block_d: int) -> int:
     """The row of the tile tables a (padded) head dim uses."""
     return 64 if block_d <= 64 else 128 if block_d <= 128 else 256
+
+
+def candidate_tiles(kind: str, block_d: int, dtype: torch.dtype) -> list:
+    """The tiles a launch of ``kind`` may use for this padded head dim and input dtype."""
+    table = FP32_TILES if dtype == torch.float32 else TILES
+    return table[kind][head_dim_class(block_d)]
 
 
 def tile_config(tile: tuple[int, int, int, int]) -> triton.Config:
@@ -88,11 +116,12 @@ def config_tile(config: triton.Config) -> tuple[int, int, int, int]:
 
 
 def head_dim_pruner(kind: str):
-    """Autotune ``early_config_prune``: keep the ``TILES[kind]`` row of the launch's head dim."""
+    """Autotune ``early_config_prune``: keep the candidate tiles of the launch's head dim and
+    query dtype (every kernel's first argument, ``Q``)."""
 
     def prune(candidates, named_args, **kwargs):
         block_d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D"))
-        wanted = set(TILES[kind][head_dim_class(block_d)])
+        wanted = set(candidate_tiles(kind, block_d, named_args["Q"].dtype))
         return [c for c in candidates if config_tile(c) in wanted]
 
     return prune
@@ -115,12 +144,13 @@ def use_autotuning(enabled: bool) -> bool:
 
 def launch(kernel, kind: str, grid, args: tuple, flags: dict) -> None:
     """Launch ``kernel`` with ``grid(meta)`` over the tile ``meta`` it runs with: the
-    interpreter's fixed tile, the first candidate when autotuning is off, else autotuned."""
+    interpreter's fixed tile, the first candidate when autotuning is off, else autotuned.
+    ``args[0]`` is the query tensor, whose dtype selects the candidate tiles."""
     if is_interpreter():
         kernel[grid(INTERPRETER_META)](*args, **flags, **INTERPRETER_META)
     elif not _autotuning:
-        _launch_first_fitting_tile(kernel, TILES[kind][head_dim_class(flags["BLOCK_D"])], grid,
-                                   args, flags)
+        _launch_first_fitting_tile(kernel, candidate_tiles(kind, flags["BLOCK_D"], args[0].dtype),
+                                   grid, args, flags)
     else:
         autotuned(kernel, kind)[grid](*args, **flags)
 
@@ -142,8 +172,10 @@ def _launch_first_fitting_tile(kernel, tiles, grid, args: tuple, flags: dict) ->
 
 @functools.cache
 def autotuned(kernel, kind: str):
-    """``kernel`` autotuned over ``TILES[kind]``, pruned to the launch's head-dim class.
-    Built on first use, so importing the kernels never touches a GPU driver."""
-    unique = sorted({tile for table in TILES[kind].values() for tile in table})
+    """``kernel`` autotuned over every candidate tile of ``kind``, pruned per launch to those of
+    its head dim and dtype. Built on first use, so importing the kernels never touches a GPU
+    driver."""
+    unique = sorted({tile for tables in (TILES, FP32_TILES)
+                     for table in tables[kind].values() for tile in table})
     return triton.autotune(configs=[tile_config(t) for t in unique], key=AUTOTUNE_KEY,
                            prune_configs_by={"early_config_prune": head_dim_pruner(kind)})(kernel)

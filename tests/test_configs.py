@@ -20,11 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("kind", sorted(configs.TILES))
 @pytest.mark.parametrize("head_dim", [16, 40, 64, 80, 128, 200, 256])
-def test_autotuning_considers_exactly_the_tiles_of_the_head_dim_class(kind, head_dim):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_autotuning_considers_exactly_the_tiles_of_the_head_dim_class_and_dtype(kind, head_dim,
+                                                                               dtype):
     block_d = configs.head_dim_block(head_dim)
-    every = [configs.tile_config(t) for table in configs.TILES[kind].values() for t in table]
-    kept = configs.head_dim_pruner(kind)(every, {"BLOCK_D": block_d})
-    expected = set(configs.TILES[kind][configs.head_dim_class(block_d)])
+    every = [configs.tile_config(t) for tables in (configs.TILES, configs.FP32_TILES)
+             for table in tables[kind].values() for t in table]
+    kept = configs.head_dim_pruner(kind)(every, {"BLOCK_D": block_d,
+                                                 "Q": torch.empty(0, dtype=dtype)})
+    tables = configs.FP32_TILES if dtype == torch.float32 else configs.TILES
+    expected = set(tables[kind][configs.head_dim_class(block_d)])
     assert expected, "every head-dim class needs at least one candidate"
     assert {configs.config_tile(c) for c in kept} == expected
 
@@ -53,29 +58,32 @@ def test_fixed_tile_launch_moves_past_tiles_the_device_cannot_fit(monkeypatch):
             return run
 
     monkeypatch.setattr(configs, "is_interpreter", lambda: False)
-    configs.launch(KernelOutOfSharedMemoryOnTheFirstTile(), "fwd", lambda meta: (1,), (),
-                   {"BLOCK_D": 64})
+    configs.launch(KernelOutOfSharedMemoryOnTheFirstTile(), "fwd", lambda meta: (1,),
+                   (torch.empty(0, dtype=torch.float16),), {"BLOCK_D": 64})
     assert launched == [tiles[1]]
 
 
-def test_every_candidate_tile_compiles_for_hopper_without_spills():
-    """CI has no GPU: compile every D=64 and D=128 candidate tile (causal, bf16, the launchers'
-    real arguments) for sm_90a down to SASS. Each must be spill-free and use warpgroup MMAs,
-    except the small fallback tile, whose 32-row dots are below the warpgroup MMA's 64."""
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_every_candidate_tile_compiles_for_hopper_without_spills(dtype):
+    """CI has no GPU: compile every D=64 and D=128 candidate tile (causal, the launchers' real
+    arguments) for sm_90a down to SASS. Each must be spill-free. Half-precision tiles must use
+    warpgroup MMAs, except the small fallback tile, whose 32-row dots are below the warpgroup
+    MMA's 64; float32 runs IEEE dots, which never do."""
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, "-m", "bench.compile_report", "--head-dims", "64", "128", "--causal",
-         "yes"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+         "yes", "--dtype", dtype], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
             if line.startswith("| ") and not line.startswith("| kernel")]
-    expected = sum(len(configs.TILES[kind][d]) for kind in configs.TILES for d in (64, 128))
-    assert len(rows) == expected
+    tables = configs.FP32_TILES if dtype == "fp32" else configs.TILES
+    assert len(rows) == sum(len(tables[kind][d]) for kind in tables for d in (64, 128))
     for kernel, head_dim, _, config, _regs, spill, _smem, hgmma, note in rows:
         where = f"{kernel} D={head_dim.strip()} {config.strip()}"
         assert note.strip() == "", f"{where}: {note.strip()}"
         assert int(spill) == 0, f"{where}: {spill.strip()} bytes of register spills"
-        if config.strip() != "M32 N32 w4 s1":
+        if dtype != "fp32" and config.strip() != "M32 N32 w4 s1":
             assert int(hgmma) > 0, f"{where}: no warpgroup MMA in the SASS"
 
 
@@ -99,16 +107,19 @@ def test_autotuned_launch_agrees_with_the_fixed_tile():
 
 def _every_tile() -> list:
     params = []
-    for kind, table in sorted(configs.TILES.items()):
-        for head_dim in (64, 128):
-            for tile in table[head_dim]:
-                params.append(pytest.param(kind, head_dim, tile, id=f"{kind}-D{head_dim}-{tile}"))
+    for dtype, tables in ((torch.float16, configs.TILES), (torch.float32, configs.FP32_TILES)):
+        for kind, table in sorted(tables.items()):
+            for head_dim in (64, 128):
+                for tile in table[head_dim]:
+                    name = str(dtype).removeprefix("torch.")
+                    params.append(pytest.param(kind, head_dim, tile, dtype,
+                                               id=f"{kind}-D{head_dim}-{tile}-{name}"))
     return params
 
 
 @pytest.mark.parametrize("variant", ["causal", "mask-and-dropout"])
-@pytest.mark.parametrize("kind, head_dim, tile", _every_tile())
-def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, variant,
+@pytest.mark.parametrize("kind, head_dim, tile, dtype", _every_tile())
+def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, dtype, variant,
                                                           device, monkeypatch):
     """Launch through the fixed-tile path with each candidate first in its table (off the GPU
     the interpreter runs the real tile sizes): causal, so every BLOCK_M != BLOCK_N case of the
@@ -116,11 +127,12 @@ def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, 
     two backward kernels must regenerate alike from different tilings. Ragged length."""
     if device == "cpu":
         monkeypatch.setattr(configs, "is_interpreter", lambda: False)
-    table = dict(configs.TILES[kind])
+    tables = configs.FP32_TILES if dtype == torch.float32 else configs.TILES
+    table = dict(tables[kind])
     table[head_dim] = [tile]
-    monkeypatch.setitem(configs.TILES, kind, table)
+    monkeypatch.setitem(tables, kind, table)
     torch.manual_seed(sum(tile))
-    q, k, v = (torch.randn(1, 2, 150, head_dim, dtype=torch.float16) for _ in range(3))
+    q, k, v = (torch.randn(1, 2, 150, head_dim, dtype=dtype) for _ in range(3))
     if variant == "causal":
         assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, causal=True),
                                  q, k, v, causal=True)
