@@ -1,38 +1,58 @@
 """Counter-based dropout: the keep decisions of a tile of attention weights, recomputable
 anywhere.
 
-Philox yields four 32-bit numbers per counter, so four neighbouring key columns share one:
-weight (row r of head bh, column c) takes number ``c % 4`` of counter
-``(bh * Lq + r) * cdiv(Lk, 4) + c // 4`` (64-bit) under the call's seed. The forward and both
-backward kernels regenerate the same mask from any tiling (tiles start at multiples of four
+One Philox call (four 32-bit outputs) gives eight 16-bit random numbers, one per weight of
+eight neighbouring key columns: weight (row r of head bh, column 8g + i) takes number i of
+counter ``(bh * Lq + r) * cdiv(Lk, 8) + g`` (64-bit) under the call's seed, where number
+2j + h is the low (h = 0) or high (h = 1) half of output j. A weight is dropped when its
+number is below ``round(p * 2**16)``, so p takes effect in steps of 2**-16; sixteen bits per
+decision need half the Philox calls of a 32-bit number per weight. The forward and both
+backward kernels regenerate the same mask from any tiling (tiles start at multiples of eight
 columns), and nothing L x L is ever stored.
 """
 
 import triton
 import triton.language as tl
 
+RANDOM_BITS = 16
+
+
+def dropout_args(dropout_p: float) -> tuple[int, float]:
+    """The kernels' dropout arguments for drop probability ``dropout_p``: the 16-bit
+    threshold below which a weight is dropped, and the survivors' scale 1 / (1 - p)."""
+    drop_below = round(dropout_p * 2**RANDOM_BITS)
+    return drop_below, 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
+
 
 @triton.jit
-def keep_mask(seed, rows, start_n, seqlen_k, dropout_p,
+def _stack4(a, b, c, d):
+    """[..., 2, 2] from four [...] tensors, in the order a, b, c, d once the last two axes are
+    flattened (tl.join appends the fastest-varying axis)."""
+    return tl.join(tl.join(a, c), tl.join(b, d))
+
+
+@triton.jit
+def keep_mask(seed, rows, start_n, seqlen_k, drop_below,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] bool, True where the weight survives (P = 1 - dropout_p).
+    """[BLOCK_M, BLOCK_N] bool, True where the weight survives.
 
     ``rows`` [BLOCK_M] int64 are global query rows (bh * Lq + row); the columns are
-    start_n + arange(BLOCK_N), with start_n a multiple of 4.
+    start_n + arange(BLOCK_N), with start_n a multiple of 8.
     """
-    offs_g = start_n // 4 + tl.arange(0, BLOCK_N // 4)
-    counters = rows[:, None] * tl.cdiv(seqlen_k, 4) + offs_g[None, :]  # [BLOCK_M, BLOCK_N//4]
+    offs_g = start_n // 8 + tl.arange(0, BLOCK_N // 8)
+    counters = rows[:, None] * tl.cdiv(seqlen_k, 8) + offs_g[None, :]  # [BLOCK_M, BLOCK_N//8]
     r0, r1, r2, r3 = tl.randint4x(seed, counters)
-    # [BLOCK_M, BLOCK_N//4, 2, 2] -> [BLOCK_M, BLOCK_N]: column 4g + j takes r_j.
-    b_r = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), [BLOCK_M, BLOCK_N])
-    return tl.uint_to_uniform_float(b_r) >= dropout_p
+    b_r = _stack4(r0, r1, r2, r3)  # [BLOCK_M, BLOCK_N//8, 2, 2]: output j
+    # Compare before reshaping, so the tile that changes layout holds bools, not uint32.
+    b_keep = tl.join((b_r & 0xFFFF) >= drop_below, (b_r >> 16) >= drop_below)
+    return tl.reshape(b_keep, [BLOCK_M, BLOCK_N])  # column 8g + 2j + h
 
 
 @triton.jit
 def _keep_mask_kernel(
     OUT,  # [BH, Lq, Lk] int8
     SEED,  # [1] int64
-    dropout_p,
+    drop_below,
     seqlen_q,
     seqlen_k,
     BLOCK_M: tl.constexpr,
@@ -44,7 +64,7 @@ def _keep_mask_kernel(
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = i_bh * seqlen_q + offs_m
-    b_keep = keep_mask(tl.load(SEED), rows, i_n * BLOCK_N, seqlen_k, dropout_p, BLOCK_M,
+    b_keep = keep_mask(tl.load(SEED), rows, i_n * BLOCK_N, seqlen_k, drop_below, BLOCK_M,
                        BLOCK_N)
     m_out = (offs_m[:, None] < seqlen_q) & (offs_n[None, :] < seqlen_k)
     tl.store(OUT + rows[:, None] * seqlen_k + offs_n[None, :], b_keep.to(tl.int8), mask=m_out)
@@ -55,5 +75,6 @@ def materialize_keep_mask(out, seed, dropout_p: float) -> None:
     bh, seqlen_q, seqlen_k = out.shape
     block = 32
     grid = (triton.cdiv(seqlen_q, block), triton.cdiv(seqlen_k, block), bh)
-    _keep_mask_kernel[grid](out, seed, dropout_p, seqlen_q, seqlen_k, BLOCK_M=block,
+    drop_below, _ = dropout_args(dropout_p)
+    _keep_mask_kernel[grid](out, seed, drop_below, seqlen_q, seqlen_k, BLOCK_M=block,
                             BLOCK_N=block)

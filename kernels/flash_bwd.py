@@ -23,7 +23,7 @@ from .configs import (
     launch,
     seqlen_bucket,
 )
-from .dropout import keep_mask
+from .dropout import dropout_args, keep_mask
 from .flash_fwd import LOG2E, kernel_flags, mask_args, needs_int64_rows
 from .masking import visible
 
@@ -59,7 +59,7 @@ def _bwd_delta_kernel(
 def _dkdv_q_loop(
     b_dk, b_dv, b_k, b_v,
     p_q, p_do, p_lse, p_delta, stride_qm, stride_dom, p_mask, stride_mm, stride_mn,
-    start_n, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
+    start_n, offs_n, offs_d, i_bh, seed, drop_below, dropout_scale,
     start_m, end_m, seqlen_q, seqlen_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
@@ -96,7 +96,7 @@ def _dkdv_q_loop(
         b_pt_dropped = b_pt
         if HAS_DROPOUT:
             b_keep = tl.trans(keep_mask(seed, i_bh * seqlen_q + offs_m, start_n, seqlen_k,
-                                        dropout_p, BLOCK_M, BLOCK_N))
+                                        drop_below, BLOCK_M, BLOCK_N))
             b_pt_dropped = tl.where(b_keep, b_pt * dropout_scale, 0.0)
             b_dpt = tl.where(b_keep, b_dpt * dropout_scale, 0.0)
         # [BLOCK_N, D]
@@ -110,7 +110,7 @@ def _dkdv_q_loop(
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA, SEED, MASK,
-    sm_scale, qk_scale, dropout_p, dropout_scale,
+    sm_scale, qk_scale, drop_below, dropout_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -169,7 +169,7 @@ def _attn_bwd_dkdv_kernel(
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
             p_mask, stride_mm, stride_mn,
-            i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
+            i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, drop_below, dropout_scale,
             start_m, tl.minimum(full_start, seqlen_q), seqlen_q, seqlen_k, qk_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
             INT64_ROWS,
@@ -177,7 +177,7 @@ def _attn_bwd_dkdv_kernel(
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
             p_mask, stride_mm, stride_mn,
-            i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, dropout_p, dropout_scale,
+            i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, drop_below, dropout_scale,
             full_start, seqlen_q, seqlen_q, seqlen_k, qk_scale,
             HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
             INT64_ROWS,
@@ -195,7 +195,7 @@ def _attn_bwd_dkdv_kernel(
 def _dq_kv_loop(
     b_dq, b_q, b_do, b_lse, b_delta,
     p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
-    offs_m, offs_d, rng_rows, seed, dropout_p, dropout_scale,
+    offs_m, offs_d, rng_rows, seed, drop_below, dropout_scale,
     start_n, end_n, seqlen_q, seqlen_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
@@ -226,7 +226,7 @@ def _dq_kv_loop(
         # [BLOCK_M, BLOCK_N]
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
         if HAS_DROPOUT:
-            b_keep = keep_mask(seed, rng_rows, start, seqlen_k, dropout_p, BLOCK_M, BLOCK_N)
+            b_keep = keep_mask(seed, rng_rows, start, seqlen_k, drop_below, BLOCK_M, BLOCK_N)
             b_dp = tl.where(b_keep, b_dp * dropout_scale, 0.0)
         b_ds = b_p * (b_dp - b_delta[:, None])
         # [BLOCK_M, D]
@@ -237,7 +237,7 @@ def _dq_kv_loop(
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, SEED, MASK,
-    sm_scale, qk_scale, dropout_p, dropout_scale,
+    sm_scale, qk_scale, drop_below, dropout_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -295,13 +295,13 @@ def _attn_bwd_dq_kernel(
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
-        p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, dropout_p,
+        p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, drop_below,
         dropout_scale, 0, full_end, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N,
         False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION, INT64_ROWS,
     )
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
-        p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, dropout_p,
+        p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, drop_below,
         dropout_scale, full_end, end_n, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M,
         BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION, INT64_ROWS,
     )
@@ -351,7 +351,7 @@ def attention_backward(
     # A row that saw no key (lse = -inf) gets +inf, so its recomputed weights are exp2(-inf) = 0.
     lse_log2 = torch.where(lse == float("-inf"), float("inf"), lse * LOG2E)
     common = (
-        scale, scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0,
+        scale, scale * LOG2E, *dropout_args(dropout_p),
         *q.stride(), *k.stride(), *v.stride(), *do.stride(),
     )
     bucket = seqlen_bucket(max(seqlen_q, seqlen_k))

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .configs import head_dim_block, is_interpreter, launch, seqlen_bucket
-from .dropout import keep_mask
+from .dropout import dropout_args, keep_mask
 from .masking import visible
 
 LOG2E = 1.4426950408889634
@@ -22,7 +22,7 @@ LOG2E = 1.4426950408889634
 def _fwd_kv_loop(
     b_acc, b_l, b_m, b_q,
     p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
-    offs_m, offs_d, rng_rows, seed, dropout_p,
+    offs_m, offs_d, rng_rows, seed, drop_below,
     start_n, end_n, seqlen_q, seqlen_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
@@ -59,7 +59,7 @@ def _fwd_kv_loop(
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         if HAS_DROPOUT:
             # The normaliser uses every weight; only the value sum sees the dropped ones.
-            b_keep = keep_mask(seed, rng_rows, start, seqlen_k, dropout_p, BLOCK_M, BLOCK_N)
+            b_keep = keep_mask(seed, rng_rows, start, seqlen_k, drop_below, BLOCK_M, BLOCK_N)
             b_p = tl.where(b_keep, b_p, 0.0)
         # [BLOCK_M, D]
         b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None],
@@ -71,7 +71,7 @@ def _fwd_kv_loop(
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, SEED, MASK,
-    qk_scale, dropout_p, dropout_scale,
+    qk_scale, drop_below, dropout_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -130,13 +130,13 @@ def _attn_fwd_kernel(
         full_end = tl.minimum(full_end, ((i_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
     b_acc, b_l, b_m = _fwd_kv_loop(
         b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
-        offs_m, offs_d, rng_rows, seed, dropout_p, 0, full_end, seqlen_q, seqlen_k, qk_scale,
+        offs_m, offs_d, rng_rows, seed, drop_below, 0, full_end, seqlen_q, seqlen_k, qk_scale,
         HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
         INT64_ROWS,
     )
     b_acc, b_l, b_m = _fwd_kv_loop(
         b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
-        offs_m, offs_d, rng_rows, seed, dropout_p, full_end, end_n, seqlen_q, seqlen_k,
+        offs_m, offs_d, rng_rows, seed, drop_below, full_end, end_n, seqlen_q, seqlen_k,
         qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST,
         PRECISION, INT64_ROWS,
     )
@@ -207,7 +207,7 @@ def attention_forward(
     mask_ptr, *mask_strides = mask_args(attn_mask, lse)
     args = (
         q, k, v, out, lse, seed if has_dropout else lse, mask_ptr,
-        scale * LOG2E, dropout_p, 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0,
+        scale * LOG2E, *dropout_args(dropout_p),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *mask_strides,
         n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket(max(seqlen_q, seqlen_k)),
     )

@@ -1,6 +1,7 @@
 """Fused dropout: the kernels apply exactly the mask ``dropout_keep_mask`` materialises, with
 the right statistics, reproducibly, and with gradients consistent with the forward."""
 
+import numpy as np
 import pytest
 import torch
 from numerics import assert_matches_reference
@@ -41,6 +42,39 @@ def test_outputs_and_gradients_match_reference_with_the_same_mask(
         return ao.flash_attention(q, k, v, causal=causal, dropout_p=p, generator=generator)
 
     assert_matches_reference(fused, q, k, v, causal=causal, dropout_p=p, keep_mask=keep)
+
+
+def philox4x32_10(counter_lo, counter_hi, seed):
+    """Philox4x32-10 (Salmon et al., 2011) on numpy uint64 arrays holding 32-bit words:
+    counter (lo, hi, 0, 0), key (seed lo, seed hi). Returns the four output words."""
+    mask = 0xFFFFFFFF
+    c0, c1 = counter_lo, counter_hi
+    c2 = c3 = np.zeros_like(counter_lo)
+    k0, k1 = np.uint64(seed & mask), np.uint64(seed >> 32)
+    for _ in range(10):
+        product_b, product_a = np.uint64(0xCD9E8D57) * c2, np.uint64(0xD2511F53) * c0
+        c0, c1, c2, c3 = ((product_b >> 32) ^ c1 ^ k0, product_b & mask,
+                          (product_a >> 32) ^ c3 ^ k1, product_a & mask)
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
+    return c0, c1, c2, c3
+
+
+def test_keep_mask_follows_the_documented_philox_stream(device):
+    """kernels/dropout.py: weight (row r of head bh, column 8g + 2j + h) is kept when half h of
+    Philox output j for counter (bh * Lq + r) * cdiv(Lk, 8) + g is >= round(p * 2**16)."""
+    batch, heads, seqlen_q, seqlen_k, p = 2, 3, 5, 19, 0.3
+    seed = 0x1234_5678_9ABC_DEF
+    bh, rows, cols = np.meshgrid(np.arange(batch * heads), np.arange(seqlen_q),
+                                 np.arange(seqlen_k), indexing="ij")
+    counters = ((bh * seqlen_q + rows) * -(-seqlen_k // 8) + cols // 8).astype(np.uint64)
+    words = np.stack(philox4x32_10(counters & 0xFFFFFFFF, counters >> 32, seed))
+    word = np.take_along_axis(words, (cols % 8 // 2)[None], axis=0)[0]
+    numbers = np.where(cols % 2 == 0, word & 0xFFFF, word >> 16)
+    expected = torch.from_numpy(numbers >= round(p * 2**16))
+
+    kept = ao.dropout_keep_mask((batch, heads, seqlen_q, seqlen_k), p,
+                                torch.tensor([seed], device=device))
+    assert torch.equal(kept.cpu(), expected.view(batch, heads, seqlen_q, seqlen_k))
 
 
 def test_drop_fraction_is_p_within_binomial_tolerance(device):
