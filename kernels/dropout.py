@@ -32,6 +32,17 @@ def _stack4(a, b, c, d):
 
 
 @triton.jit
+def _keep_groups(seed, counters, drop_below):
+    """[*counters.shape, 2, 2, 2] bool: entry [..., a, b, h] says whether number 2j + h
+    (j = 2a + b) of the counter survives, so flattening the last three axes lists the eight
+    decisions in column order."""
+    r0, r1, r2, r3 = tl.randint4x(seed, counters)
+    b_r = _stack4(r0, r1, r2, r3)  # [..., 2, 2]: output j
+    # Compare before any reshape, so a tile that changes layout holds bools, not uint32.
+    return tl.join((b_r & 0xFFFF) >= drop_below, (b_r >> 16) >= drop_below)
+
+
+@triton.jit
 def keep_mask(seed, rows, start_n, seqlen_k, drop_below,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """[BLOCK_M, BLOCK_N] bool, True where the weight survives.
@@ -41,11 +52,19 @@ def keep_mask(seed, rows, start_n, seqlen_k, drop_below,
     """
     offs_g = start_n // 8 + tl.arange(0, BLOCK_N // 8)
     counters = rows[:, None] * tl.cdiv(seqlen_k, 8) + offs_g[None, :]  # [BLOCK_M, BLOCK_N//8]
-    r0, r1, r2, r3 = tl.randint4x(seed, counters)
-    b_r = _stack4(r0, r1, r2, r3)  # [BLOCK_M, BLOCK_N//8, 2, 2]: output j
-    # Compare before reshaping, so the tile that changes layout holds bools, not uint32.
-    b_keep = tl.join((b_r & 0xFFFF) >= drop_below, (b_r >> 16) >= drop_below)
-    return tl.reshape(b_keep, [BLOCK_M, BLOCK_N])  # column 8g + 2j + h
+    return tl.reshape(_keep_groups(seed, counters, drop_below), [BLOCK_M, BLOCK_N])
+
+
+@triton.jit
+def keep_mask_t(seed, rows, start_n, seqlen_k, drop_below,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``keep_mask`` transposed, [BLOCK_N, BLOCK_M], for the dK/dV kernel's transposed tiles.
+    Generated in that orientation: the sm_90a compile report shows fewer spilled registers
+    than transposing the [BLOCK_M, BLOCK_N] mask."""
+    offs_g = start_n // 8 + tl.arange(0, BLOCK_N // 8)
+    counters = rows[None, :] * tl.cdiv(seqlen_k, 8) + offs_g[:, None]  # [BLOCK_N//8, BLOCK_M]
+    b_keep = tl.permute(_keep_groups(seed, counters, drop_below), (0, 2, 3, 4, 1))
+    return tl.reshape(b_keep, [BLOCK_N, BLOCK_M])
 
 
 @triton.jit

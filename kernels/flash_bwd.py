@@ -23,7 +23,7 @@ from .configs import (
     launch,
     seqlen_bucket,
 )
-from .dropout import dropout_args, keep_mask
+from .dropout import dropout_args, keep_mask, keep_mask_t
 from .flash_fwd import LOG2E, kernel_flags, mask_args, needs_int64_rows
 from .masking import visible
 
@@ -95,8 +95,8 @@ def _dkdv_q_loop(
         b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)
         b_pt_dropped = b_pt
         if HAS_DROPOUT:
-            b_keep = tl.trans(keep_mask(seed, i_bh * seqlen_q + offs_m, start_n, seqlen_k,
-                                        drop_below, BLOCK_M, BLOCK_N))
+            b_keep = keep_mask_t(seed, i_bh * seqlen_q + offs_m, start_n, seqlen_k,
+                                 drop_below, BLOCK_M, BLOCK_N)
             b_pt_dropped = tl.where(b_keep, b_pt * dropout_scale, 0.0)
             b_dpt = tl.where(b_keep, b_dpt * dropout_scale, 0.0)
         # [BLOCK_N, D]
