@@ -102,8 +102,9 @@ def flash_attention(
         v: (B, Hkv, Lk, D) values.
         causal: query i attends to keys j <= i (top-left aligned when Lq != Lk, as SDPA).
         dropout_p: drop probability on the attention weights, survivors scaled by 1/(1-p).
-            Dropout acts whenever p > 0 (pass 0.0 in eval); the drop decision compares
-            16-bit random numbers, so p takes effect rounded to a multiple of 2**-16.
+            Dropout acts whenever p > 0 (pass 0.0 in eval). The drop decision compares
+            16-bit random numbers, so a weight is dropped with probability p rounded to a
+            multiple of 2**-16; the survivors' scale uses the exact p.
         scale: multiplies the scores; default 1/sqrt(D).
         return_lse: also return the log-sum-exp of the scaled, masked scores.
         generator: random generator for the dropout seed (default: the device's).

@@ -192,8 +192,9 @@ def scaled_dot_product_attention(
         attn_mask: broadcastable to (..., Hq, L, S); bool means "True takes part" (fused),
             a float mask (float32 or the query dtype) is added to the scores (eager path).
         dropout_p: drop probability on the attention weights, survivors scaled by 1/(1-p).
-            Dropout acts whenever p > 0 (pass 0.0 in eval). The fused path rounds p to a
-            multiple of 2**-16 (its random numbers have 16 bits).
+            Dropout acts whenever p > 0 (pass 0.0 in eval). The fused path drops with
+            probability p rounded to a multiple of 2**-16 (its random numbers have 16 bits)
+            and scales survivors by the exact 1/(1-p).
         is_causal: query i attends to keys j <= i, top-left aligned when L != S. Not
             allowed together with ``attn_mask``.
         scale: multiplies the scores; default 1/sqrt(E).

@@ -150,7 +150,7 @@ def compile_one(launch: tuple, name: str, config: triton.Config, head_dim: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90, 80")
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a lent GPU machine, from the repository root (the machine's own torch/triton stay):
-#     bash bench/gpu_session.sh tests    # CUDA tests, then the whole suite on CUDA
+#     bash bench/gpu_session.sh tests    # `-m cuda` tests, then the rest of the suite on CUDA
 #     bash bench/gpu_session.sh bench    # comparison sweep, a short TFLOP/s table last
 #     bash bench/gpu_session.sh dropout  # dropout 0.1 vs 0 and the SDPA backends with dropout
 # Separate stages because each fits one device command (10 minutes): the sweep's first calls
@@ -18,10 +18,13 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
             torch.cuda.get_device_name())"
 if [ "$stage" = tests ]; then
     python3 -m pytest tests -m cuda -q 2>&1 | tee "$out/cuda-tests.log" | tail -n 5
-    # Eight workers (pytest-xdist is on the device image) compile the kernels in parallel.
+    cuda_status=${PIPESTATUS[0]}
+    # Eight workers (pytest-xdist is on the device image) compile the kernels in parallel; the
+    # bench smoke tests are left out, since the bench stages run the benchmark itself.
     python3 -m pytest tests -q -n 8 -m "not cuda" --deselect tests/test_bench_smoke.py 2>&1 \
         | tee "$out/other-tests.log" | tail -n 3
-    exit 0
+    other_status=${PIPESTATUS[0]}
+    exit $(( cuda_status != 0 || other_status != 0 ))
 fi
 if [ "$stage" = bench ]; then
     # Causal and full, D 64/128, L 1024..16384, fwd and fwd+bwd, against the peers.

@@ -1,7 +1,7 @@
 """Launch configurations: one small fixed tile for the interpreter, candidate lists for GPUs.
 
 Nothing here touches CUDA at import time; autotuning picks among the candidates on first use
-per (head dim, causal, dtype, sequence-length bucket) and caches the choice.
+per (head dim, causal, mask, dropout, dtype, sequence-length bucket) and caches the choice.
 """
 
 from __future__ import annotations
