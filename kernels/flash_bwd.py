@@ -84,9 +84,10 @@ def _dkdv_q_loop(
             b_do = b_do.to(tl.float32)
         b_lse = tl.load(p_lse + offs_m, mask=m_rows, other=0.0)  # log2 domain
         b_delta = tl.load(p_delta + offs_m, mask=m_rows, other=0.0)
-        # [BLOCK_N, BLOCK_M]
-        b_pt = tl.exp2(tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION) * qk_scale
-                       - b_lse[None, :])
+        # [BLOCK_N, BLOCK_M]; an explicit fma keeps scale and shift one instruction whatever
+        # Triton's floating-point fusion default
+        b_pt = tl.exp2(tl.fma(tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION), qk_scale,
+                              -b_lse[None, :]))
         if MASKED:
             m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mm,
                                 stride_mn, IS_CAUSAL, HAS_MASK)
@@ -217,8 +218,8 @@ def _dq_kv_loop(
             b_k = b_k.to(tl.float32)
             b_v = b_v.to(tl.float32)
         # [BLOCK_M, BLOCK_N]
-        b_p = tl.exp2(tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
-                      - b_lse[:, None])
+        b_p = tl.exp2(tl.fma(tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION), qk_scale,
+                             -b_lse[:, None]))
         if MASKED:
             m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mm,
                                 stride_mn, IS_CAUSAL, HAS_MASK)

@@ -44,17 +44,18 @@ def _fwd_kv_loop(
         if UPCAST:
             b_k = b_k.to(tl.float32)
             b_v = b_v.to(tl.float32)
-        # [BLOCK_M, BLOCK_N]
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+        # [BLOCK_M, BLOCK_N] raw scores; the scale (> 0, so the row max commutes with it) is
+        # applied in the exponent's fused multiply-add rather than in a pass of its own.
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
         if MASKED:
             m_s = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mm, stride_mn,
                           IS_CAUSAL, HAS_MASK)
             b_s = tl.where(m_s, b_s, float("-inf"))
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+        b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
         b_m_safe = b_m_new
         if MASKED:  # a row that has seen only masked keys keeps m = -inf: subtract 0 instead
             b_m_safe = tl.where(b_m_new == float("-inf"), 0.0, b_m_new)
-        b_p = tl.exp2(b_s - b_m_safe[:, None])
+        b_p = tl.exp2(tl.fma(b_s, qk_scale, -b_m_safe[:, None]))
         b_alpha = tl.exp2(b_m - b_m_safe)
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         if HAS_DROPOUT:
