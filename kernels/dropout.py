@@ -15,13 +15,11 @@ at multiples of eight columns), and nothing L x L is ever stored.
 import triton
 import triton.language as tl
 
-RANDOM_BITS = 16
-
 
 def dropout_args(dropout_p: float) -> tuple[int, float]:
     """The kernels' dropout arguments for drop probability ``dropout_p``: the 16-bit
     threshold below which a weight is dropped, and the survivors' scale 1 / (1 - p)."""
-    drop_below = round(dropout_p * 2**RANDOM_BITS)
+    drop_below = round(dropout_p * 2**16)  # keep_mask compares 16-bit halves against it
     return drop_below, 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
 
 
