@@ -9,12 +9,17 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # `kernels` (Triton code only) installs as a top-level package beside `attention_ops`.
-    packages=find_packages(include=["attention_ops", "attention_ops.*", "kernels"]),
+    # The repository's kernels/ folder (Triton code only) installs as `attention_ops.kernels`:
+    # the top-level name `kernels` belongs to Hugging Face's kernels distribution.
+    packages=[*find_packages(include=["attention_ops", "attention_ops.*"]),
+              "attention_ops.kernels"],
+    package_dir={"attention_ops.kernels": "kernels"},
     install_requires=["torch>=2.5", "triton>=3.2"],
     extras_require={
         # numpy: the Triton interpreter (TRITON_INTERPRET=1) runs kernels on it.
-        "test": ["pytest", "pytest-benchmark", "numpy", "transformers"],
+        # kernels: Hugging Face's distribution of that import name, installed beside ours
+        # to test that both import.
+        "test": ["pytest", "pytest-benchmark", "numpy", "transformers", "kernels"],
         "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
     },
 )

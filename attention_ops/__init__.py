@@ -5,7 +5,8 @@ Set ``TRITON_INTERPRET=1`` before importing to run the kernels on the CPU (slow,
 
 from attention_ops import reference
 from attention_ops.dropout import draw_dropout_seed, dropout_keep_mask
-from attention_ops.flash import FlashAttentionFunction, flash_attention
+from attention_ops.flash import flash_attention
+from attention_ops.kernels import use_autotuning
 from attention_ops.modules import (
     CausalAttention,
     MultiHeadAttention,
@@ -23,7 +24,6 @@ from attention_ops.sdpa import (
 
 __all__ = [
     "CausalAttention",
-    "FlashAttentionFunction",
     "FusedPathUnavailableError",
     "MultiHeadAttention",
     "MultiHeadAttentionWrapper",
@@ -38,4 +38,5 @@ __all__ = [
     "scaled_dot_product_attention",
     "set_strict",
     "strict",
+    "use_autotuning",
 ]

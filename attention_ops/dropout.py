@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from attention_ops.kernels import materialize_keep_mask
 from attention_ops.validation import check_dropout_p
-from kernels import materialize_keep_mask
 
 
 def draw_dropout_seed(

@@ -8,8 +8,8 @@ import torch
 
 from attention_ops import ops
 from attention_ops.dropout import draw_dropout_seed
+from attention_ops.kernels import interpreter_requested_too_late, is_interpreter
 from attention_ops.validation import check_attention_inputs, check_dropout_p, check_scale
-from kernels import is_interpreter
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -17,6 +17,9 @@ MAX_HEAD_DIM = 256
 
 def fused_path_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
     """Why the fused kernel cannot run these (already valid) inputs, or None if it can."""
+    if q.device.type == "cpu" and interpreter_requested_too_late():
+        return ("TRITON_INTERPRET=1 was set after attention_ops was imported: Triton reads it "
+                "when the kernels are defined, so set it before the import")
     if q.device.type != "cuda" and not (q.device.type == "cpu" and is_interpreter()):
         return (f"tensors on {q.device.type}: the fused kernel needs CUDA tensors "
                 "(or CPU tensors with TRITON_INTERPRET=1)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import attention_backward, attention_forward
+from attention_ops.kernels import attention_backward, attention_forward
 
 
 @torch.library.custom_op("attention_ops::flash_attention_fwd", mutates_args=())

@@ -33,7 +33,8 @@ from triton._C.libtriton import native_specialize_impl  # what the launcher spec
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import configs, flash_bwd, flash_fwd
+from attention_ops.kernels import configs, flash_bwd, flash_fwd
+from attention_ops.kernels.launch import tile_config
 
 KINDS = ("fwd", "dkdv", "dq")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             for causal in causal_values:
                 launch = captured_launches(head_dim, causal, args.dtype, args.dropout,
                                            args.mask)[name]
-                for config in map(configs.tile_config, tiles):
+                for config in map(tile_config, tiles):
                     r = compile_one(launch, name, config, head_dim, causal, args.arch)
                     smem = "" if r.shared_bytes is None else f"{r.shared_bytes / 1024:.0f}"
                     print(f"| {r.kernel} | {r.head_dim} | {r.causal} | {r.config} | "

@@ -4,9 +4,16 @@
 wrappers, validation and dispatch live in ``attention_ops``.
 """
 
-from .configs import is_interpreter
 from .dropout import materialize_keep_mask
 from .flash_bwd import attention_backward
 from .flash_fwd import attention_forward
+from .launch import interpreter_requested_too_late, is_interpreter, use_autotuning
 
-__all__ = ["attention_backward", "attention_forward", "is_interpreter", "materialize_keep_mask"]
+__all__ = [
+    "attention_backward",
+    "attention_forward",
+    "interpreter_requested_too_late",
+    "is_interpreter",
+    "materialize_keep_mask",
+    "use_autotuning",
+]

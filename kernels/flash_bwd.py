@@ -16,15 +16,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import (
-    INTERPRETER_META,
-    head_dim_block,
+from .configs import INTERPRETER_META, head_dim_block
+from .dropout import dropout_args, keep_mask, keep_mask_t
+from .launch import (
+    LOG2E,
     is_interpreter,
+    kernel_flags,
     launch,
+    mask_args,
+    needs_int64_rows,
     seqlen_bucket,
 )
-from .dropout import dropout_args, keep_mask, keep_mask_t
-from .flash_fwd import LOG2E, kernel_flags, mask_args, needs_int64_rows
 from .masking import visible
 
 

@@ -11,11 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import head_dim_block, is_interpreter, launch, seqlen_bucket
+from .configs import head_dim_block
 from .dropout import dropout_args, keep_mask
+from .launch import LOG2E, kernel_flags, launch, mask_args, needs_int64_rows, seqlen_bucket
 from .masking import visible
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -150,32 +149,6 @@ def _attn_fwd_kernel(
              b_o.to(O.dtype.element_ty), mask=m_q)
     b_lse = tl.where(b_l == 0.0, float("-inf"), (b_m + tl.log2(b_l_safe)) / 1.4426950408889634)
     tl.store(LSE + i_bh * seqlen_q + offs_m, b_lse, mask=offs_m < seqlen_q)
-
-
-def kernel_flags(q: torch.Tensor) -> dict:
-    """Constexpr flags shared by the forward and backward launches."""
-    interpret = is_interpreter()
-    return {
-        # Triton 3.9 interpreter: tl.dot on bf16 multiplies raw bits, so compute in fp32.
-        "UPCAST": interpret and q.dtype == torch.bfloat16,
-        # fp32 inputs promise fp32 accuracy: no TF32 in the dots.
-        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-    }
-
-
-def needs_int64_rows(*tensors: torch.Tensor) -> bool:
-    """Whether row offsets inside one head of any of these 4-D tensors can pass 2**31
-    (batch/head offsets are always int64)."""
-    return any(t.shape[2] * max(t.stride(2), 1) + t.shape[3] * t.stride(3) >= 2**31
-               for t in tensors)
-
-
-def mask_args(attn_mask: torch.Tensor | None, fallback: torch.Tensor) -> tuple:
-    """(pointer tensor, 4 strides) for an optional bool mask already expanded to
-    (B, Hq, Lq, Lk); zero strides broadcast, and no mask passes a placeholder never read."""
-    if attn_mask is None:
-        return (fallback, 0, 0, 0, 0)
-    return (attn_mask.view(torch.uint8), *attn_mask.stride())
 
 
 def attention_forward(

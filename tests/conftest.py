@@ -31,11 +31,11 @@ def fixed_tiles():
     """GPU launches take their head-dim class's first tile instead of autotuning: the suite
     visits hundreds of shape families, and tuning each would compile six kernels per family.
     tests/test_configs.py checks the autotuned launch."""
-    from kernels import configs
+    import attention_ops as ao
 
-    previous = configs.use_autotuning(False)
+    previous = ao.use_autotuning(False)
     yield
-    configs.use_autotuning(previous)
+    ao.use_autotuning(previous)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from seeding import generator
 from triton.runtime.errors import OutOfResources
 
 import attention_ops as ao
-from kernels import configs
+from attention_ops.kernels import configs, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,14 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_autotuning_considers_exactly_the_tiles_of_the_head_dim_class_and_dtype(kind, head_dim,
                                                                                dtype):
     block_d = configs.head_dim_block(head_dim)
-    every = [configs.tile_config(t) for tables in (configs.TILES, configs.FP32_TILES)
+    every = [launch.tile_config(t) for tables in (configs.TILES, configs.FP32_TILES)
              for table in tables[kind].values() for t in table]
-    kept = configs.head_dim_pruner(kind)(every, {"BLOCK_D": block_d,
+    kept = launch.head_dim_pruner(kind)(every, {"BLOCK_D": block_d,
                                                  "Q": torch.empty(0, dtype=dtype)})
     tables = configs.FP32_TILES if dtype == torch.float32 else configs.TILES
     expected = set(tables[kind][configs.head_dim_class(block_d)])
     assert expected, "every head-dim class needs at least one candidate"
-    assert {configs.config_tile(c) for c in kept} == expected
+    assert {launch.config_tile(c) for c in kept} == expected
 
 
 def test_head_dims_pad_to_a_power_of_two_of_at_least_16():
@@ -40,7 +40,7 @@ def test_head_dims_pad_to_a_power_of_two_of_at_least_16():
 
 
 def test_lengths_share_a_few_coarse_tuning_buckets():
-    buckets = {configs.seqlen_bucket(n) for n in range(1, 40000, 7)}
+    buckets = {launch.seqlen_bucket(n) for n in range(1, 40000, 7)}
     assert buckets == {256, 512, 1024, 2048, 4096, 8192, 16384}
 
 
@@ -57,8 +57,8 @@ def test_fixed_tile_launch_moves_past_tiles_the_device_cannot_fit(monkeypatch):
 
             return run
 
-    monkeypatch.setattr(configs, "is_interpreter", lambda: False)
-    configs.launch(KernelOutOfSharedMemoryOnTheFirstTile(), "fwd", lambda meta: (1,),
+    monkeypatch.setattr(launch, "is_interpreter", lambda: False)
+    launch.launch(KernelOutOfSharedMemoryOnTheFirstTile(), "fwd", lambda meta: (1,),
                    (torch.empty(0, dtype=torch.float16),), {"BLOCK_D": 64})
     assert launched == [tiles[1]]
 
@@ -95,12 +95,12 @@ def test_autotuned_launch_agrees_with_the_fixed_tile():
     do = torch.randn_like(q)
     results = []
     for autotune in (False, True):
-        previous = configs.use_autotuning(autotune)
+        previous = launch.use_autotuning(autotune)
         try:
             out = ao.flash_attention(q, k, v, causal=True)
             results.append((out, *torch.autograd.grad(out, (q, k, v), do)))
         finally:
-            configs.use_autotuning(previous)
+            launch.use_autotuning(previous)
     for fixed, tuned in zip(*results, strict=True):
         torch.testing.assert_close(tuned, fixed, atol=2e-2, rtol=2e-2)
 
@@ -126,7 +126,7 @@ def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, 
     diagonal loops comes up, and with a bool mask and dropout, whose mask the forward and the
     two backward kernels must regenerate alike from different tilings. Ragged length."""
     if device == "cpu":
-        monkeypatch.setattr(configs, "is_interpreter", lambda: False)
+        monkeypatch.setattr(launch, "is_interpreter", lambda: False)
     tables = configs.FP32_TILES if dtype == torch.float32 else configs.TILES
     table = dict(tables[kind])
     table[head_dim] = [tile]

@@ -6,7 +6,7 @@ import torch
 from numerics import assert_matches_reference, assert_within_eager_error
 
 import attention_ops as ao
-import kernels
+from attention_ops import kernels
 from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
 
 pytestmark = pytest.mark.usefixtures("nan_poisoned_outputs")

@@ -101,10 +101,3 @@ def test_arguments_that_change_the_math_raise(argument):
         ao_transformers.attention_forward(torch.nn.Module(), q, q, q, None,
                                           **{argument: torch.ones(())})
 
-
-def test_transformers_does_not_take_our_kernels_package_for_hf_kernels():
-    # attention-ops installs a top-level `kernels` package, the import name of Hugging Face's
-    # optional `kernels`; transformers must not think that one is installed.
-    from transformers.utils.import_utils import is_kernels_available
-
-    assert not is_kernels_available()

@@ -1,0 +1,149 @@
+"""Launch policy shared by the forward and backward kernels: interpreter or GPU, fixed tile
+or autotuned, the constexpr flags derived from the inputs, 64-bit row offsets, and the mask's
+pointer arguments.
+
+Nothing here touches CUDA at import time; autotuning picks among the candidates of
+``configs`` on first use per (head dim, constexpr switches, dtype, sequence-length bucket) and
+caches the choice.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+from triton.runtime.errors import OutOfResources
+
+from .configs import FP32_TILES, INTERPRETER_META, TILES, candidate_tiles
+
+LOG2E = 1.4426950408889634
+
+# Triton decides when a kernel is defined (at import) whether it runs on the interpreter.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def is_interpreter() -> bool:
+    """True when the kernels were defined for Triton's CPU interpreter (TRITON_INTERPRET=1 at
+    import time)."""
+    return _INTERPRETED
+
+
+def interpreter_requested_too_late() -> bool:
+    """TRITON_INTERPRET=1 is set now, but was not when the kernels were imported (so they were
+    built for a GPU and cannot run on CPU tensors)."""
+    return not _INTERPRETED and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def seqlen_bucket(seqlen: int) -> int:
+    """Coarse length key for autotuning (powers of two from 256 to 16384), so a new length
+    reuses the cached choice instead of re-tuning or recompiling."""
+    return min(max(triton.next_power_of_2(seqlen), 256), 16384)
+
+
+def kernel_flags(q: torch.Tensor) -> dict:
+    """Constexpr flags every attention kernel takes, derived from the query tensor."""
+    return {
+        # Triton 3.9 interpreter: tl.dot on bf16 multiplies raw bits, so compute in fp32.
+        "UPCAST": is_interpreter() and q.dtype == torch.bfloat16,
+        # fp32 inputs promise fp32 accuracy: no TF32 in the dots.
+        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+    }
+
+
+def needs_int64_rows(*tensors: torch.Tensor | None) -> bool:
+    """Whether row offsets inside one head of any of these 4-D tensors can pass 2**31
+    (batch/head offsets are always int64). None entries are skipped."""
+    return any(t.shape[2] * max(t.stride(2), 1) + t.shape[3] * t.stride(3) >= 2**31
+               for t in tensors if t is not None)
+
+
+def mask_args(attn_mask: torch.Tensor | None, fallback: torch.Tensor) -> tuple:
+    """(pointer tensor, 4 strides) for an optional bool mask already expanded to
+    (B, Hq, Lq, Lk); zero strides broadcast, and no mask passes a placeholder never read."""
+    if attn_mask is None:
+        return (fallback, 0, 0, 0, 0)
+    return (attn_mask.view(torch.uint8), *attn_mask.stride())
+
+
+# Tuning is cached per key: head dim, the constexpr switches, a coarse length bucket (and the
+# tensor dtypes, which Triton adds), so a training loop tunes once per shape family.
+AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_DROPOUT", "seqlen_bucket"]
+
+
+def tile_config(tile: tuple[int, int, int, int]) -> triton.Config:
+    block_m, block_n, warps, stages = tile
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps,
+                         num_stages=stages)
+
+
+def config_tile(config: triton.Config) -> tuple[int, int, int, int]:
+    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps,
+            config.num_stages)
+
+
+def head_dim_pruner(kind: str):
+    """Autotune ``early_config_prune``: keep the candidate tiles of the launch's head dim and
+    query dtype (every kernel's first argument, ``Q``)."""
+
+    def prune(candidates, named_args, **kwargs):
+        block_d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D"))
+        wanted = set(candidate_tiles(kind, block_d, named_args["Q"].dtype))
+        return [c for c in candidates if config_tile(c) in wanted]
+
+    return prune
+
+
+_autotuning = True
+
+
+def use_autotuning(enabled: bool) -> bool:
+    """Turn autotuning on (the default) or off; returns the previous setting.
+
+    Off, GPU launches take the first tile of their head-dim class that fits the device's
+    shared memory: no tuning runs, so a test suite that visits hundreds of shape families
+    compiles about one kernel per family, not six.
+    """
+    global _autotuning
+    previous, _autotuning = _autotuning, bool(enabled)
+    return previous
+
+
+def launch(kernel, kind: str, grid, args: tuple, flags: dict) -> None:
+    """Launch ``kernel`` with ``grid(meta)`` over the tile ``meta`` it runs with: the
+    interpreter's fixed tile, the first candidate when autotuning is off, else autotuned.
+    ``args[0]`` is the query tensor, whose dtype selects the candidate tiles."""
+    if is_interpreter():
+        kernel[grid(INTERPRETER_META)](*args, **flags, **INTERPRETER_META)
+    elif not _autotuning:
+        _launch_first_fitting_tile(kernel, candidate_tiles(kind, flags["BLOCK_D"], args[0].dtype),
+                                   grid, args, flags)
+    else:
+        autotuned(kernel, kind)[grid](*args, **flags)
+
+
+def _launch_first_fitting_tile(kernel, tiles, grid, args: tuple, flags: dict) -> None:
+    """Launch with the first of ``tiles`` the device has the shared memory for (float32
+    inputs double a tile's footprint; GPUs before Hopper have less)."""
+    for i, tile in enumerate(tiles):
+        config = tile_config(tile)
+        try:
+            kernel[grid(config.kwargs)](*args, **flags, **config.kwargs,
+                                        num_warps=config.num_warps,
+                                        num_stages=config.num_stages)
+            return
+        except OutOfResources:  # raised before the kernel runs: nothing was written
+            if i == len(tiles) - 1:
+                raise
+
+
+@functools.cache
+def autotuned(kernel, kind: str):
+    """``kernel`` autotuned over every candidate tile of ``kind``, pruned per launch to those of
+    its head dim and dtype. Built on first use, so importing the kernels never touches a GPU
+    driver."""
+    unique = sorted({tile for tables in (TILES, FP32_TILES)
+                     for table in tables[kind].values() for tile in table})
+    return triton.autotune(configs=[tile_config(t) for t in unique], key=AUTOTUNE_KEY,
+                           prune_configs_by={"early_config_prune": head_dim_pruner(kind)})(kernel)
