@@ -59,8 +59,8 @@ def scaled_dot_product_attention(
         v: (B, Hkv, Lk, Dv) values.
         causal: mask keys after the query position, top-left aligned (row i sees keys <= i).
         attn_mask: broadcastable to (B, Hq, Lq, Lk); bool means "True takes part", a float
-            mask is added to the scores. Not allowed together with ``causal``.
-        scale: multiplies the scores; default 1/sqrt(D).
+            mask is added to the scores. With ``causal`` both apply.
+        scale: multiplies the scores; default 1/sqrt(D) (for D = 0 every score is 0).
         dropout_p: drop probability on the attention weights, survivors scaled by 1/(1-p).
             Draws its mask as ``torch.nn.functional.dropout`` does (so ``nn.Dropout`` code
             reproduces under the same seed) unless ``keep_mask`` is given.
@@ -77,24 +77,24 @@ def scaled_dot_product_attention(
     """
     check_attention_inputs(q, k, v, same_dtype=False)
     check_dropout_p(dropout_p)
-    if causal and attn_mask is not None:
-        raise ValueError("pass either causal=True or attn_mask, not both")
     if compute_dtype is not None:
         q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if scale is None:  # an empty dot product is 0 under any finite scale
+        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
 
     scores = (q @ k.transpose(-2, -1)) * scale
-    if causal:
-        attn_mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         else:
             scores = scores + attn_mask.to(scores.dtype)
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], device=q.device),
+                                    float("-inf"))
 
     # Safe softmax: a row with every key masked gives zero weights instead of NaN. Its scores
     # are zeroed before the softmax too, so no NaN reaches the gradients either.

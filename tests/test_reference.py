@@ -160,10 +160,19 @@ def test_bad_shapes_raise_value_error_naming_the_problem(shapes, message):
         reference.scaled_dot_product_attention(q, k, v)
 
 
-def test_bad_dropout_and_mask_combinations_raise():
+def test_bad_dropout_raises():
     q = randn(1, 1, 3, 4)
     with pytest.raises(ValueError, match="dropout_p"):
         reference.scaled_dot_product_attention(q, q, q, dropout_p=1.5)
-    with pytest.raises(ValueError, match="not both"):
-        reference.scaled_dot_product_attention(q, q, q, causal=True,
-                                               attn_mask=torch.ones(3, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float64])
+def test_causal_rule_and_mask_apply_together(mask_dtype):
+    q, k, v = randn(1, 2, 5, 4), randn(1, 2, 5, 4), randn(1, 2, 5, 4)
+    mask = torch.rand(5, 5) > 0.4
+    additive = torch.zeros(5, 5, dtype=torch.float64).masked_fill(~mask, float("-inf"))
+    both = mask & torch.ones(5, 5, dtype=torch.bool).tril()
+    out = reference.scaled_dot_product_attention(
+        q, k, v, causal=True, attn_mask=mask if mask_dtype == torch.bool else additive)
+    torch.testing.assert_close(out, reference.scaled_dot_product_attention(q, k, v,
+                                                                           attn_mask=both))
