@@ -8,11 +8,126 @@ ground truth the fused kernels are measured against.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 
 from attention_ops.validation import check_attention_inputs, check_dropout_p
+
+ALIGNS = ("top_left", "bottom_right")
+
+
+def check_window(window) -> tuple[int | None, int | None] | None:
+    """A sliding window ``(left, right)`` as a pair of ints >= 0 or None (unbounded side).
+
+    Query i with diagonal d_i sees key j only when ``d_i - left <= j <= d_i + right``.
+
+    Returns:
+        ``(left, right)`` as Python ints or None, or None when ``window`` is None or
+        ``(None, None)`` (no window: every key is inside).
+
+    Raises:
+        ValueError: naming ``window`` when it is not a pair of (None or int >= 0).
+    """
+    if window is None:
+        return None
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise ValueError(f"window must be a pair (left, right) of ints >= 0 or None, "
+                         f"got {window!r}")
+    sides = []
+    for name, side in zip(("left", "right"), window, strict=True):
+        if side is not None and (isinstance(side, bool) or not isinstance(side, numbers.Integral)
+                                 or side < 0):
+            raise ValueError(f"window {name} side must be an int >= 0 or None, got {side!r} "
+                             f"in window={window!r}")
+        sides.append(None if side is None else int(side))
+    left, right = sides
+    if left is None and right is None:
+        return None
+    return left, right
+
+
+def check_align(align) -> str:
+    """Where the causal diagonal and the window sit when Lq != Lk.
+
+    ``"top_left"``: query i's diagonal is key i (torch SDPA's ``is_causal``);
+    ``"bottom_right"``: it is key i + Lk - Lq, so the last query lines up with the last key.
+
+    Raises:
+        ValueError: naming ``align`` for any other value.
+    """
+    if not isinstance(align, str) or align not in ALIGNS:
+        raise ValueError(f"align must be one of {', '.join(map(repr, ALIGNS))}, got {align!r}")
+    return align
+
+
+def check_softcap(softcap) -> float | None:
+    """The logit soft-cap c (scores become c * tanh(s / c)) as a finite float > 0, or None.
+
+    Raises:
+        ValueError: naming ``softcap`` when it is not a number, not finite, or <= 0.
+    """
+    if softcap is None:
+        return None
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise ValueError(f"softcap must be a finite number > 0 or None, got "
+                         f"{type(softcap).__name__} {softcap!r}")
+    if not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"softcap must be a finite number > 0 or None, got {softcap}")
+    return float(softcap)
+
+
+def _check_per_head_tensor(name: str, t, q: torch.Tensor, shapes: list[tuple[int, ...]],
+                           dtypes: tuple[torch.dtype, ...] | None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if tuple(t.shape) not in shapes:
+        raise ValueError(f"{name} must have shape {' or '.join(map(str, shapes))}, "
+                         f"got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise ValueError(f"{name} must be {' or '.join(map(str, dict.fromkeys(dtypes)))}, "
+                         f"got {t.dtype}")
+    if t.device != q.device:
+        raise ValueError(f"{name} is on {t.device}, the queries on {q.device}")
+
+
+def check_alibi_slopes(slopes: torch.Tensor | None, q: torch.Tensor, *,
+                       any_float_dtype: bool = False) -> None:
+    """ALiBi slopes for queries ``q`` (B, Hq, Lq, D): float32, shape (Hq,) or (B, Hq), on
+    the queries' device. Score (i, j) of head h gains ``-slope[b, h] * |j - d_i|``.
+
+    None passes. ``any_float_dtype`` accepts any floating dtype instead of float32 only (for
+    float64 computations, which compare against float64 copies of the slopes).
+
+    Raises:
+        ValueError: naming ``alibi_slopes`` on a wrong shape, dtype or device.
+    """
+    if slopes is None:
+        return
+    batch, heads = q.shape[0], q.shape[1]
+    _check_per_head_tensor("alibi_slopes", slopes, q, [(heads,), (batch, heads)],
+                           None if any_float_dtype else (torch.float32,))
+
+
+def check_sinks(sinks: torch.Tensor | None, q: torch.Tensor, *,
+                any_float_dtype: bool = False) -> None:
+    """Attention sinks for queries ``q`` (B, Hq, Lq, D): one logit per query head, shape
+    (Hq,), float32 or the queries' dtype, on the queries' device. ``exp(sinks[h])`` joins
+    every softmax denominator of head h.
+
+    None passes. ``any_float_dtype`` accepts any floating dtype (for float64 computations,
+    which compare against float64 copies of the sinks).
+
+    Raises:
+        ValueError: naming ``sinks`` on a wrong shape, dtype or device.
+    """
+    if sinks is None:
+        return
+    _check_per_head_tensor("sinks", sinks, q, [(q.shape[1],)],
+                           None if any_float_dtype else (torch.float32, q.dtype))
 
 
 def simplified_self_attention(x: torch.Tensor) -> torch.Tensor:
@@ -31,9 +146,42 @@ def simplified_self_attention(x: torch.Tensor) -> torch.Tensor:
     return attn_weights @ x
 
 
+def query_diagonals(seqlen_q: int, seqlen_k: int, align: str = "top_left",
+                    device: torch.device | None = None) -> torch.Tensor:
+    """Each query's diagonal key position d_i as an int64 (Lq, 1) column: i for
+    ``"top_left"``, i + Lk - Lq for ``"bottom_right"`` (may be negative or past Lk - 1)."""
+    align = check_align(align)
+    shift = seqlen_k - seqlen_q if align == "bottom_right" else 0
+    return torch.arange(seqlen_q, device=device)[:, None] + shift
+
+
+def visibility_mask(seqlen_q: int, seqlen_k: int, *, causal: bool = False,
+                    window: tuple[int | None, int | None] | None = None,
+                    align: str = "top_left",
+                    device: torch.device | None = None) -> torch.Tensor:
+    """Boolean (Lq, Lk) mask, True where query i may attend to key j.
+
+    With d_i from :func:`query_diagonals`: ``causal`` keeps j <= d_i; ``window=(left, right)``
+    keeps d_i - left <= j <= d_i + right (a None side is unbounded). Both apply together.
+    """
+    window = check_window(window)
+    d = query_diagonals(seqlen_q, seqlen_k, align, device)
+    j = torch.arange(seqlen_k, device=device)[None, :]
+    visible = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if causal:
+        visible &= j <= d
+    if window is not None:
+        left, right = window
+        if left is not None:
+            visible &= j >= d - left
+        if right is not None:
+            visible &= j <= d + right
+    return visible
+
+
 def causal_mask(seqlen_q: int, seqlen_k: int, device: torch.device | None = None) -> torch.Tensor:
     """Boolean (Lq, Lk) mask, True where a query may attend: top-left aligned, SDPA's rule."""
-    return torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device).tril()
+    return visibility_mask(seqlen_q, seqlen_k, causal=True, device=device)
 
 
 def scaled_dot_product_attention(
@@ -49,17 +197,31 @@ def scaled_dot_product_attention(
     generator: torch.Generator | None = None,
     return_lse: bool = False,
     compute_dtype: torch.dtype | None = None,
+    window: tuple[int | None, int | None] | None = None,
+    align: str = "top_left",
+    softcap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Attention written out step by step: scores, mask, softmax, dropout, weighted values.
+    """Attention written out step by step: scores, soft-cap, ALiBi, masks, softmax with sinks,
+    dropout, weighted values.
+
+    The score of query i and key j, in the compute dtype, in this order:
+    ``s = scale * q_i . k_j``; ``s = softcap * tanh(s / softcap)``;
+    ``s += -slope * |j - d_i|``; ``s += attn_mask`` (float); ``s = -inf`` where key j is not
+    visible (bool ``attn_mask`` False, ``causal``, ``window``). Then
+    ``p_ij = exp(s_ij) / (exp(sink) + sum_j exp(s_ij))``, dropout, ``out = p @ v``.
+    d_i is query i's diagonal: i (``align="top_left"``) or i + Lk - Lq (``"bottom_right"``).
 
     Args:
         q: (B, Hq, Lq, D) queries.
         k: (B, Hkv, Lk, D) keys; Hq must be a multiple of Hkv (grouped-query attention,
             each key/value head serves Hq // Hkv consecutive query heads).
         v: (B, Hkv, Lk, Dv) values.
-        causal: mask keys after the query position, top-left aligned (row i sees keys <= i).
+        causal: mask keys after the query's diagonal (row i sees keys j <= d_i; top-left
+            aligned by default, SDPA's rule).
         attn_mask: broadcastable to (B, Hq, Lq, Lk); bool means "True takes part", a float
-            mask is added to the scores. With ``causal`` both apply.
+            mask (-inf allowed) is added to the scores. With ``causal`` both apply.
         scale: multiplies the scores; default 1/sqrt(D) (for D = 0 every score is 0).
         dropout_p: drop probability on the attention weights, survivors scaled by 1/(1-p).
             Draws its mask as ``torch.nn.functional.dropout`` does (so ``nn.Dropout`` code
@@ -67,19 +229,42 @@ def scaled_dot_product_attention(
         keep_mask: bool, broadcastable to (B, Hq, Lq, Lk), True where a weight survives; used
             with ``dropout_p`` for the 1/(1-p) rescale.
         generator: random generator for the dropout mask when ``keep_mask`` is None.
-        return_lse: also return the natural-log log-sum-exp of the masked, scaled scores.
+        return_lse: also return the natural-log log-sum-exp of the final scores (with sinks,
+            log(exp(sink) + sum_j exp(s_ij))).
         compute_dtype: dtype to compute in (e.g. torch.float64); default the input dtype.
+        window: ``(left, right)``: query i sees keys d_i - left <= j <= d_i + right; a None
+            side is unbounded. With ``causal`` both apply.
+        align: ``"top_left"`` or ``"bottom_right"``, where the diagonal d_i sits for
+            ``causal``, ``window`` and ALiBi.
+        softcap: c > 0 caps the scores smoothly to (-c, c) as ``c * tanh(s / c)`` (Gemma 2).
+        alibi_slopes: float32, (Hq,) or (B, Hq): ALiBi's linear distance penalty.
+        sinks: (Hq,), float32 or the query dtype: one logit per head, in the units of the
+            scores, whose exp joins every softmax denominator (gpt-oss). Differentiable.
+            When the computation runs in float64 (``compute_dtype`` or float64 inputs),
+            ``alibi_slopes`` and ``sinks`` may have any floating dtype, so tests can pass
+            float64 copies.
 
     Returns:
         out (B, Hq, Lq, Dv) in ``compute_dtype`` (or the input dtype), and with ``return_lse``
-        the LSE (B, Hq, Lq) in float32 or ``compute_dtype`` if wider. A row whose keys are all
-        masked gives zeros and an LSE of -inf.
+        the LSE (B, Hq, Lq) in float32 or ``compute_dtype`` if wider. A row that sees no key
+        gives zeros, and an LSE of -inf (no sinks) or of its sink.
+
+    Raises:
+        ValueError: on bad shapes, ``dropout_p``, ``window``, ``align``, ``softcap``,
+            ``alibi_slopes`` or ``sinks``, naming the argument.
     """
     check_attention_inputs(q, k, v, same_dtype=False)
     check_dropout_p(dropout_p)
+    window = check_window(window)
+    align = check_align(align)
+    softcap = check_softcap(softcap)
+    wide = (compute_dtype or q.dtype) == torch.float64
+    check_alibi_slopes(alibi_slopes, q, any_float_dtype=wide)
+    check_sinks(sinks, q, any_float_dtype=wide)
     if compute_dtype is not None:
         q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
-    group = q.shape[1] // k.shape[1]
+    batch, heads, seqlen_q, seqlen_k = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    group = heads // k.shape[1]
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
@@ -87,20 +272,32 @@ def scaled_dot_product_attention(
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
 
     scores = (q @ k.transpose(-2, -1)) * scale
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask.to(scores.dtype)
-    if causal:
-        scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], device=q.device),
-                                    float("-inf"))
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(scores.dtype).expand(batch, heads)[:, :, None, None]
+        diagonal = query_diagonals(seqlen_q, seqlen_k, align, device=q.device)
+        distance = (torch.arange(seqlen_k, device=q.device)[None, :] - diagonal).abs()
+        scores = scores - slopes * distance.to(scores.dtype)
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        scores = scores + attn_mask.to(scores.dtype)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    if causal or window is not None:
+        visible = visibility_mask(seqlen_q, seqlen_k, causal=causal, window=window,
+                                  align=align, device=q.device)
+        scores = scores.masked_fill(~visible, float("-inf"))
 
-    # Safe softmax: a row with every key masked gives zero weights instead of NaN. Its scores
-    # are zeroed before the softmax too, so no NaN reaches the gradients either.
+    # Sinks join the softmax as one extra key column per head that no value follows.
+    if sinks is not None:
+        sink_column = sinks.to(scores.dtype)[None, :, None, None].expand(
+            batch, heads, seqlen_q, 1)
+        scores = torch.cat([scores, sink_column], dim=-1)
+    # Safe softmax: a row with every key masked (and no sink) gives zero weights instead of
+    # NaN. Its scores are zeroed before the softmax too, so no NaN reaches the gradients.
     fully_masked = torch.isneginf(scores).all(dim=-1, keepdim=True)
     weights = torch.softmax(scores.masked_fill(fully_masked, 0.0), dim=-1)
-    weights = weights.masked_fill(fully_masked, 0.0)
+    weights = weights.masked_fill(fully_masked, 0.0)[..., :seqlen_k]
     if keep_mask is not None:
         weights = _apply_keep_mask(weights, keep_mask, dropout_p)
     elif dropout_p > 0.0:
