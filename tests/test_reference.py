@@ -1,5 +1,7 @@
 """The eager reference: the teaching text's values, SDPA's semantics, and exact gradients."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -176,3 +178,313 @@ def test_causal_rule_and_mask_apply_together(mask_dtype):
         q, k, v, causal=True, attn_mask=mask if mask_dtype == torch.bool else additive)
     torch.testing.assert_close(out, reference.scaled_dot_product_attention(q, k, v,
                                                                            attn_mask=both))
+
+
+# The score pipeline: window, alignment, soft-cap, ALiBi, float masks, sinks, Dv != D.
+# Each is checked against `naive_attention`, which spells the rules out with Python loops.
+
+NEG_INF = float("-inf")
+
+
+def naive_attention(q, k, v, *, scale=None, causal=False, window=None, align="top_left",
+                    softcap=None, alibi_slopes=None, attn_mask=None, sinks=None):
+    """Output and LSE one query at a time, one key at a time, in Python floats."""
+    batch, heads, lq, dim = q.shape
+    lk, group = k.shape[2], heads // k.shape[1]
+    scale = dim**-0.5 if scale is None else scale
+    if attn_mask is not None:
+        attn_mask = attn_mask.expand(batch, heads, lq, lk)
+    if alibi_slopes is not None and alibi_slopes.dim() == 1:
+        alibi_slopes = alibi_slopes.expand(batch, heads)
+    left, right = window if window is not None else (None, None)
+    out = torch.zeros(batch, heads, lq, v.shape[-1], dtype=torch.float64)
+    lse = torch.zeros(batch, heads, lq, dtype=torch.float64)
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(lq):
+                d = i if align == "top_left" else i + lk - lq
+                logits = []
+                for j in range(lk):
+                    s = scale * sum(float(q[b, h, i, c]) * float(k[b, h // group, j, c])
+                                    for c in range(dim))
+                    if softcap is not None:
+                        s = softcap * math.tanh(s / softcap)
+                    if alibi_slopes is not None:
+                        s -= float(alibi_slopes[b, h]) * abs(j - d)
+                    visible = not (causal and j > d)
+                    if left is not None and j < d - left:
+                        visible = False
+                    if right is not None and j > d + right:
+                        visible = False
+                    if attn_mask is not None:
+                        if attn_mask.dtype == torch.bool:
+                            visible = visible and bool(attn_mask[b, h, i, j])
+                        else:
+                            s += float(attn_mask[b, h, i, j])
+                    logits.append(s if visible else NEG_INF)
+                every = logits + ([float(sinks[h])] if sinks is not None else [])
+                top = max(every)
+                if top == NEG_INF:
+                    lse[b, h, i] = NEG_INF
+                    continue
+                denominator = sum(math.exp(s - top) for s in every)
+                lse[b, h, i] = top + math.log(denominator)
+                for j, s in enumerate(logits):
+                    out[b, h, i] += math.exp(s - top) / denominator * v[b, h // group, j]
+    return out, lse
+
+
+def assert_matches_naive(q, k, v, **kwargs):
+    out, lse = reference.scaled_dot_product_attention(q, k, v, return_lse=True, **kwargs)
+    expected_out, expected_lse = naive_attention(q, k, v, **kwargs)
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(lse, expected_lse)
+
+
+def qkv(lq, lk, *, batch=1, heads=2, kv_heads=None, dim=4, dim_v=None):
+    return (randn(batch, heads, lq, dim), randn(batch, kv_heads or heads, lk, dim),
+            randn(batch, kv_heads or heads, lk, dim_v or dim))
+
+
+@pytest.mark.parametrize("window", [(2, 1), (0, 0), (None, 2), (3, None)])
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+@pytest.mark.parametrize("lq, lk", [(6, 6), (4, 9), (9, 4)])
+def test_window_keeps_keys_within_left_and_right_of_the_diagonal(window, align, lq, lk):
+    assert_matches_naive(*qkv(lq, lk), window=window, align=align)
+
+
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+@pytest.mark.parametrize("lq, lk", [(6, 6), (4, 9), (9, 4)])
+def test_window_and_causal_both_apply(align, lq, lk):
+    assert_matches_naive(*qkv(lq, lk), causal=True, window=(2, 3), align=align)
+
+
+def test_visibility_mask_spells_out_the_rule():
+    for align, shift in (("top_left", 0), ("bottom_right", 3)):
+        mask = reference.visibility_mask(4, 7, causal=True, window=(1, None), align=align)
+        expected = torch.tensor([[i + shift - 1 <= j <= i + shift for j in range(7)]
+                                 for i in range(4)])
+        assert torch.equal(mask, expected)
+
+
+def test_causal_mask_stays_top_left():
+    assert torch.equal(reference.causal_mask(3, 5), torch.ones(3, 5, dtype=torch.bool).tril())
+
+
+@pytest.mark.parametrize("lq, lk", [(4, 9), (9, 4)])
+def test_causal_top_left_is_the_default_and_matches_sdpa_is_causal(lq, lk):
+    q, k, v = qkv(lq, lk)
+    out = reference.scaled_dot_product_attention(q, k, v, causal=True, align="top_left")
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_bottom_right_causal_lines_the_last_query_up_with_the_last_key():
+    q, k, v = qkv(4, 9)
+    out = reference.scaled_dot_product_attention(q, k, v, causal=True, align="bottom_right")
+    mask = torch.ones(4, 9, dtype=torch.bool).tril(diagonal=9 - 4)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
+def test_bottom_right_causal_with_more_queries_than_keys_empties_the_first_rows():
+    q, k, v = qkv(9, 4)
+    out, lse = reference.scaled_dot_product_attention(q, k, v, causal=True,
+                                                      align="bottom_right", return_lse=True)
+    assert torch.equal(out[:, :, :5], torch.zeros_like(out[:, :, :5]))
+    assert torch.isneginf(lse[:, :, :5]).all() and torch.isfinite(lse[:, :, 5:]).all()
+    assert_matches_naive(q, k, v, causal=True, align="bottom_right")
+
+
+def test_softcap_is_c_tanh_of_the_scaled_score():
+    q, k, v = qkv(5, 6)
+    assert_matches_naive(q * 4, k * 4, v, softcap=2.5, causal=True)
+
+
+def test_softcap_applies_before_the_float_mask():
+    q, k, v = qkv(3, 5)
+    mask = randn(3, 5) * 10
+    out = reference.scaled_dot_product_attention(q, k, v, softcap=1.0, attn_mask=mask)
+    scores = torch.tanh(q @ k.transpose(-2, -1) / 2.0) + mask
+    torch.testing.assert_close(out, torch.softmax(scores, dim=-1) @ v)
+
+
+@pytest.mark.parametrize("per_batch", [False, True])
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+def test_alibi_subtracts_slope_times_distance_to_the_diagonal(per_batch, align):
+    q, k, v = qkv(4, 7, batch=2, heads=3)
+    slopes = torch.rand(2, 3) if per_batch else torch.rand(3)
+    assert_matches_naive(q, k, v, alibi_slopes=slopes, align=align)
+
+
+def test_alibi_slopes_per_head_equal_the_same_slopes_for_every_batch():
+    q, k, v = qkv(4, 7, batch=2, heads=3)
+    slopes = torch.rand(3)
+    out = reference.scaled_dot_product_attention(q, k, v, alibi_slopes=slopes)
+    torch.testing.assert_close(out, reference.scaled_dot_product_attention(
+        q, k, v, alibi_slopes=slopes.expand(2, 3).contiguous()))
+
+
+def test_float_mask_with_neg_inf_hides_keys_and_may_empty_a_row():
+    q, k, v = qkv(4, 6)
+    mask = randn(1, 2, 4, 6)
+    mask[..., 1, :] = NEG_INF  # query 1 sees nothing
+    mask[..., 2, ::2] = NEG_INF
+    out, lse = reference.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                      return_lse=True)
+    assert torch.equal(out[:, :, 1], torch.zeros_like(out[:, :, 1]))
+    assert torch.isneginf(lse[:, :, 1]).all()
+    assert_matches_naive(q, k, v, attn_mask=mask)
+
+
+def test_sinks_join_every_softmax_denominator():
+    q, k, v = qkv(5, 7, heads=3)
+    assert_matches_naive(q, k, v, sinks=randn(3), causal=True)
+
+
+def test_sinks_take_their_share_of_the_weights():
+    # v = identity reads the weights back: each row sums to 1 - exp(sink - lse).
+    q, k = randn(1, 2, 4, 3), randn(1, 2, 6, 3)
+    v = torch.eye(6, dtype=torch.float64).expand(1, 2, 6, 6)
+    sinks = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    weights, lse = reference.scaled_dot_product_attention(q, k, v, sinks=sinks,
+                                                          return_lse=True)
+    torch.testing.assert_close(weights.sum(-1), 1 - torch.exp(sinks[:, None] - lse))
+
+
+def test_lse_with_sinks_is_log_of_exp_sink_plus_sum_exp_scores():
+    q, k, v = qkv(3, 5)
+    sinks = randn(2)
+    _, lse = reference.scaled_dot_product_attention(q, k, v, sinks=sinks, return_lse=True)
+    scores = q @ k.transpose(-2, -1) / 2.0
+    torch.testing.assert_close(lse, torch.log(sinks.exp()[:, None] + scores.exp().sum(-1)))
+
+
+def test_row_with_no_visible_key_but_a_sink_gives_zeros_and_lse_of_the_sink():
+    q, k, v = qkv(4, 5)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[2] = False
+    sinks = torch.tensor([0.3, -2.0], dtype=torch.float64)
+    out, lse = reference.scaled_dot_product_attention(q, k, v, attn_mask=mask, sinks=sinks,
+                                                      return_lse=True)
+    assert torch.equal(out[0, :, 2], torch.zeros(2, 4, dtype=out.dtype))
+    assert torch.equal(lse[0, :, 2], sinks)
+    assert torch.isfinite(out).all()
+
+
+def test_sinks_gradient_is_exact_under_gradcheck():
+    q, k, v = qkv(3, 4)
+    sinks = randn(2).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda s: reference.scaled_dot_product_attention(q, k, v, sinks=s, causal=True),
+        (sinks,))
+
+
+def test_sinks_gradient_is_minus_sum_of_sink_weight_times_delta():
+    # d(sink_h) = -sum over (b, i) of exp(sink_h - lse) * rowsum(dO * O), the kernels' formula.
+    q, k, v = qkv(5, 6, batch=2, heads=3)
+    sinks = randn(3).requires_grad_()
+    out, lse = reference.scaled_dot_product_attention(q, k, v, sinks=sinks, return_lse=True,
+                                                      window=(2, 1))
+    d_out = randn(*out.shape)
+    out.backward(d_out)
+    delta = (d_out * out).sum(-1)
+    expected = -(torch.exp(sinks.detach()[:, None] - lse.detach()) * delta.detach()).sum((0, 2))
+    torch.testing.assert_close(sinks.grad, expected)
+
+
+def test_value_head_dim_may_differ_from_query_head_dim():
+    q, k, v = qkv(5, 6, dim=4, dim_v=7)
+    out = reference.scaled_dot_product_attention(q, k, v, causal=True)
+    assert out.shape == (1, 2, 5, 7)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    assert_matches_naive(q, k, v, window=(1, 1), sinks=randn(2))
+
+
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+def test_every_modifier_together_with_grouped_query_attention(align):
+    q, k, v = qkv(5, 7, batch=2, heads=4, kv_heads=2, dim_v=3)
+    mask = randn(2, 1, 5, 7)
+    mask[0, 0, 1, 3] = NEG_INF
+    assert_matches_naive(q, k, v, scale=0.8, causal=True, window=(3, 0), align=align,
+                         softcap=1.5, alibi_slopes=torch.rand(2, 4), attn_mask=mask,
+                         sinks=randn(4))
+
+
+def test_gradients_of_every_modifier_together_are_exact_under_gradcheck():
+    q = randn(1, 4, 3, 2).requires_grad_()
+    k, v = (randn(1, 2, 5, 2).requires_grad_() for _ in range(2))
+    sinks = randn(4).requires_grad_()
+    slopes = torch.rand(4)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, sinks: reference.scaled_dot_product_attention(
+            q, k, v, causal=True, window=(2, None), align="bottom_right", softcap=1.3,
+            alibi_slopes=slopes, sinks=sinks),
+        (q, k, v, sinks))
+
+
+def test_float64_computation_takes_float64_slopes_and_sinks():
+    q, k, v = qkv(3, 4)
+    slopes, sinks = torch.rand(2, dtype=torch.float64), randn(2)
+    half = (t.half() for t in (q, k, v))
+    out = reference.scaled_dot_product_attention(*half, alibi_slopes=slopes, sinks=sinks,
+                                                 compute_dtype=torch.float64)
+    assert out.dtype == torch.float64
+
+
+def test_neutral_modifier_values_change_nothing():
+    q, k, v = (t.float() for t in qkv(3, 4))
+    out = reference.scaled_dot_product_attention(
+        q, k, v, alibi_slopes=torch.zeros(2), sinks=torch.full((2,), NEG_INF),
+        window=(None, None), align="bottom_right")
+    torch.testing.assert_close(out, reference.scaled_dot_product_attention(q, k, v))
+
+
+def _float32_qkv():
+    return tuple(t.float() for t in qkv(3, 4, batch=2, heads=2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"window": 3}, "window"),
+        ({"window": (1,)}, "window"),
+        ({"window": (1, 2, 3)}, "window"),
+        ({"window": (-1, 0)}, "window"),
+        ({"window": (0, 1.5)}, "window"),
+        ({"window": (True, 0)}, "window"),
+        ({"align": "center"}, "align"),
+        ({"align": None}, "align"),
+        ({"softcap": 0.0}, "softcap"),
+        ({"softcap": -1.0}, "softcap"),
+        ({"softcap": float("inf")}, "softcap"),
+        ({"softcap": float("nan")}, "softcap"),
+        ({"softcap": "2"}, "softcap"),
+        ({"softcap": True}, "softcap"),
+        ({"alibi_slopes": torch.rand(3)}, "alibi_slopes"),
+        ({"alibi_slopes": torch.rand(2, 2, 1)}, "alibi_slopes"),
+        ({"alibi_slopes": torch.rand(1, 2)}, "alibi_slopes"),
+        ({"alibi_slopes": torch.ones(2, dtype=torch.int32)}, "alibi_slopes"),
+        ({"alibi_slopes": torch.rand(2, dtype=torch.float64)}, "alibi_slopes"),
+        ({"alibi_slopes": torch.rand(2, device="meta")}, "alibi_slopes"),
+        ({"alibi_slopes": [0.5, 0.25]}, "alibi_slopes"),
+        ({"sinks": torch.rand(2, 2)}, "sinks"),
+        ({"sinks": torch.ones(2, dtype=torch.int64)}, "sinks"),
+        ({"sinks": torch.rand(2, dtype=torch.float16)}, "sinks"),
+        ({"sinks": torch.rand(2, device="meta")}, "sinks"),
+    ],
+)
+def test_bad_modifier_values_raise_value_error_naming_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        reference.scaled_dot_product_attention(*_float32_qkv(), **kwargs)
+
+
+def test_check_helpers_return_normalised_values():
+    assert reference.check_window((3, None)) == (3, None)
+    assert reference.check_window([0, 2]) == (0, 2)
+    assert reference.check_window((None, None)) is None
+    assert reference.check_window(None) is None
+    assert reference.check_align("bottom_right") == "bottom_right"
+    assert reference.check_softcap(30) == 30.0 and reference.check_softcap(None) is None
+    q = randn(2, 3, 4, 5, dtype=torch.float16)
+    reference.check_alibi_slopes(torch.rand(2, 3), q)
+    reference.check_sinks(torch.rand(3, dtype=torch.float16), q)
+    reference.check_sinks(torch.rand(3, dtype=torch.float64), q, any_float_dtype=True)
