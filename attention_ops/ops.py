@@ -24,7 +24,7 @@ def flash_attention_fwd(
     dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D), optional bool attn_mask expanded to
-    (B, Hq, Lq, Lk) -> out (B, Hq, Lq, D), lse (B, Hq, Lq) fp32."""
+    (B, Hq, Lq, Lk) -> out (B, Hq, Lq, D), lse (B, Hq, Lq) fp32 base-2 log-sum-exp."""
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     if out.numel() > 0:

@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 from collections.abc import Iterator
 
 import torch
 
 from attention_ops import reference
-from attention_ops.flash import flash_attention, fused_path_problem
-from attention_ops.validation import check_dropout_p
+from attention_ops.flash import fused_attention
+from attention_ops.validation import (
+    check_dropout_p,
+    check_mask,
+    check_sdpa_inputs,
+    fused_path_problem,
+)
+
+
+# Computed in float32 on the eager path, as torch's math backend does.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class FusedPathUnavailableError(RuntimeError):
@@ -78,28 +88,24 @@ def _shapes(*tensors: torch.Tensor) -> str:
     return ", ".join(str(tuple(t.shape)) for t in tensors)
 
 
-def _check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  enable_gqa: bool) -> None:
-    """The input errors torch's SDPA raises, as ValueErrors that say what is wrong."""
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() < (3 if enable_gqa else 2):
-            raise ValueError(f"{name} must be at least {3 if enable_gqa else 2}-D "
-                             f"(..., {'heads, ' if enable_gqa else ''}seqlen, dim), "
-                             f"got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if not query.dtype == key.dtype == value.dtype:
-        raise ValueError(f"query, key, value must share a dtype, got {query.dtype}, "
-                         f"{key.dtype}, {value.dtype}")
-    if not query.device == key.device == value.device:
-        raise ValueError(f"query, key, value must be on one device, got {query.device}, "
-                         f"{key.device}, {value.device}")
-    if query.shape[-1] != key.shape[-1]:
-        raise ValueError(f"query and key embedding dims differ: {_shapes(query, key)}")
-    if key.shape[-2] != value.shape[-2]:
-        raise ValueError(f"key and value sequence lengths differ: {_shapes(key, value)}")
+def _check_argument_types(attn_mask: object, dropout_p: object, scale: object) -> None:
+    """The TypeErrors torch's SDPA raises for arguments of the wrong type, with its wording."""
+    for name, value, expected, ok in (
+        ("attn_mask", attn_mask, "Tensor",
+         attn_mask is None or isinstance(attn_mask, torch.Tensor)),
+        ("dropout_p", dropout_p, "float", _is_number(dropout_p)),
+        ("scale", scale, "float", scale is None or _is_number(scale)),
+    ):
+        if not ok:
+            raise TypeError(f"scaled_dot_product_attention(): argument '{name}' must be "
+                            f"{expected}, not {type(value).__name__}")
+
+
+def _is_number(value: object) -> bool:
+    """A Python number or a one-element tensor, as torch's float arguments accept."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, numbers.Real)
 
 
 def _as_4d(
@@ -143,35 +149,6 @@ def _as_4d(
     return q, k, v, (*batch, heads_q) if dims > 2 else ()
 
 
-def _check_mask(attn_mask: torch.Tensor, query: torch.Tensor, scores_shape: tuple[int, ...],
-                is_causal: bool) -> None:
-    if is_causal:
-        raise ValueError("pass either is_causal=True or attn_mask, not both")
-    if attn_mask.dtype not in (torch.bool, torch.float32, query.dtype):
-        raise ValueError(f"attn_mask must be bool, float32 or the query dtype ({query.dtype}), "
-                         f"got {attn_mask.dtype}")
-    if attn_mask.device != query.device:
-        raise ValueError(f"attn_mask is on {attn_mask.device}, query on {query.device}")
-    try:
-        fits = torch.broadcast_shapes(attn_mask.shape, scores_shape) == scores_shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
-                         f"the attention weights' shape {scores_shape}")
-
-
-def _fused_path_problem(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-    scale: float | None,
-) -> str | None:
-    if attn_mask is not None and attn_mask.dtype != torch.bool:
-        return "float attn_mask (the fused kernel takes bool masks)"
-    if scale is not None and not scale > 0.0:
-        return f"scale {scale} (the fused kernel takes a positive scale)"
-    return fused_path_problem(q, k, v)
-
-
 def scaled_dot_product_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -195,8 +172,9 @@ def scaled_dot_product_attention(
             Dropout acts whenever p > 0 (pass 0.0 in eval). The fused path drops with
             probability p rounded to a multiple of 2**-16 (its random numbers have 16 bits)
             and scales survivors by the exact 1/(1-p).
-        is_causal: query i attends to keys j <= i, top-left aligned when L != S. Not
-            allowed together with ``attn_mask``.
+        is_causal: query i attends to keys j <= i, top-left aligned when L != S. With
+            ``attn_mask`` both apply, as torch 2.13 computes it (its documentation calls the
+            pair an error, its implementation accepts it).
         scale: multiplies the scores; default 1/sqrt(E).
         enable_gqa: Hkv may divide Hq (grouped-query attention); otherwise heads broadcast.
 
@@ -205,27 +183,33 @@ def scaled_dot_product_attention(
 
     Raises:
         ValueError: on inputs torch's SDPA rejects (shapes that do not line up, mixed dtypes
-            or devices, a mask that does not broadcast, ``attn_mask`` with ``is_causal``,
-            ``dropout_p`` outside [0, 1]).
+            or devices, a mask that does not broadcast, ``dropout_p`` outside [0, 1]).
+        TypeError: for an argument of the wrong type, as torch raises (e.g. a list mask).
         FusedPathUnavailableError: in strict mode, where the call would run the eager path.
 
     Example:
         >>> out = scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, E)
     """
-    _check_inputs(query, key, value, enable_gqa)
-    check_dropout_p(dropout_p)
+    _check_argument_types(attn_mask, dropout_p, scale)
+    check_sdpa_inputs(query, key, value, enable_gqa)
+    dropout_p = check_dropout_p(float(dropout_p))
+    scale = None if scale is None else float(scale)
     q, k, v, lead = _as_4d(query, key, value, enable_gqa)
     if attn_mask is not None:
-        _check_mask(attn_mask, query, (*lead, q.shape[2], k.shape[2]), is_causal)
+        check_mask(attn_mask, query, (*lead, q.shape[2], k.shape[2]), allow_float=True)
+        if attn_mask.dtype in HALF_DTYPES:  # its gradient sums broadcast dims in float32
+            attn_mask = attn_mask.float()
         attn_mask = attn_mask.expand(*lead, q.shape[2], k.shape[2]).reshape(
             q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    problem = _fused_path_problem(q, k, v, attn_mask, scale)
+    problem = fused_path_problem(q, k, v, attn_mask, scale)
     if problem is None:
-        out = flash_attention(q, k, v, causal=is_causal, dropout_p=dropout_p, scale=scale,
+        out = fused_attention(q, k, v, causal=is_causal, dropout_p=dropout_p,
+                              scale=q.shape[-1] ** -0.5 if scale is None else scale,
                               attn_mask=attn_mask)
     else:
         _leave_fused_path(problem)
         out = reference.scaled_dot_product_attention(
-            q, k, v, causal=is_causal, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p
-        )
+            q, k, v, causal=is_causal, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p,
+            compute_dtype=torch.float32 if q.dtype in HALF_DTYPES else None,
+        ).to(q.dtype)
     return out.reshape(*lead, q.shape[2], v.shape[3])

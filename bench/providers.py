@@ -17,7 +17,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from attention_ops import flash_attention, reference
-from attention_ops.flash import fused_path_problem
+from attention_ops.validation import fused_path_problem
 from bench.cases import Case
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

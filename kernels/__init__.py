@@ -7,9 +7,10 @@ wrappers, validation and dispatch live in ``attention_ops``.
 from .dropout import materialize_keep_mask
 from .flash_bwd import attention_backward
 from .flash_fwd import attention_forward
-from .launch import interpreter_requested_too_late, is_interpreter, use_autotuning
+from .launch import LN2, interpreter_requested_too_late, is_interpreter, use_autotuning
 
 __all__ = [
+    "LN2",
     "attention_backward",
     "attention_forward",
     "interpreter_requested_too_late",

@@ -20,26 +20,32 @@ INTERPRETER_META = {"BLOCK_M": 32, "BLOCK_N": 32}
 # D = 256 no dK/dV tiling both fits the registers and uses warpgroup MMAs: the spill-free
 # ones run mma.sync. Autotuning times the survivors on the device; tiles that do not fit its
 # shared memory are skipped there.
+#
+# No tile computes a dot twice (the report's "MMA x", executed over useful tensor work, is
+# 1.00 for each). The score dots (S, dP) feed further dots, so on sm_90a Triton stacks all
+# warps along their rows, 16 rows a warp: when the score tile has fewer rows (BLOCK_M in fwd
+# and dQ, BLOCK_N in dK/dV) than 16 * num_warps, both warpgroups compute the same S and dP
+# (dK/dV M32 N64 w8: 1.5x, dQ M64 N64 w8: 1.67x). So 64-row score tiles run 4 warps and
+# 128-row ones 8. mma.sync tiles spread warps along columns instead and duplicate when too
+# narrow (dK/dV D=256 M16 N32 w4: 1.5x).
 FWD_TILES = {
     64: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 8, 3)],
     128: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 8, 3),
           (64, 64, 4, 3), (64, 32, 4, 2)],
-    256: [(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 8, 2), (64, 32, 8, 3), (32, 32, 4, 1)],
+    256: [(128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (32, 32, 4, 1)],
 }
 # dK/dV: BLOCK_N keys stay resident while BLOCK_M query rows stream past.
 DKDV_TILES = {
-    64: [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (32, 64, 4, 3),
-         (16, 64, 4, 2)],
-    128: [(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (16, 128, 8, 2), (16, 64, 8, 2),
-          (32, 32, 4, 1)],
-    256: [(16, 32, 4, 2), (32, 32, 8, 1), (32, 32, 4, 1)],
+    64: [(32, 128, 8, 2), (64, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 3), (16, 64, 4, 2)],
+    128: [(32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2), (32, 32, 4, 1)],
+    256: [(32, 16, 4, 2), (32, 32, 4, 1), (32, 16, 4, 1)],
 }
 # dQ: BLOCK_M query rows stay resident while BLOCK_N keys stream past.
 DQ_TILES = {
-    64: [(128, 64, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (64, 128, 8, 2)],
-    128: [(64, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2),
+    64: [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2)],
+    128: [(128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (64, 16, 4, 2),
           (32, 32, 4, 1)],
-    256: [(64, 32, 8, 2), (64, 16, 8, 2), (64, 16, 4, 2), (32, 32, 4, 1)],
+    256: [(64, 16, 4, 2), (128, 16, 8, 2), (32, 32, 4, 1)],
 }
 
 
@@ -47,7 +53,8 @@ TILES = {"fwd": FWD_TILES, "dkdv": DKDV_TILES, "dq": DQ_TILES}
 
 # float32 inputs take IEEE dots, which compile to FMA loops that hold operand slices in
 # registers: in the sm_90a report (float32, 2026-11-23) every half-precision tile above spills
-# kilobytes, and only these small tiles compile spill-free.
+# kilobytes, and only these small tiles compile spill-free. Their FMA dots run on blocked
+# layouts that cover each tile exactly, so they compute nothing twice either.
 FP32_TILES = {
     "fwd": {
         64: [(32, 32, 4, 1), (64, 16, 4, 1), (32, 16, 4, 2), (16, 32, 4, 1)],

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .casting import dot_operand, downcast
 from .configs import INTERPRETER_META, head_dim_block
 from .dropout import dropout_args, keep_mask, keep_mask_t
 from .launch import (
@@ -58,42 +59,52 @@ def _bwd_delta_kernel(
 
 
 @triton.jit
+def row_lse(p_lse, m_rows):
+    """The forward's base-2 LSE of these rows, with a row that saw no key (-inf) turned into
+    +inf so its recomputed weights exp2(s - lse) are 0. Rows outside m_rows load 0."""
+    b_lse = tl.load(p_lse, mask=m_rows, other=0.0)
+    return tl.where(b_lse == float("-inf"), float("inf"), b_lse)
+
+
+@triton.jit
 def _dkdv_q_loop(
     b_dk, b_dv, b_k, b_v,
-    p_q, p_do, p_lse, p_delta, stride_qm, stride_dom, p_mask, stride_mm, stride_mn,
+    p_q, p_do, p_lse, p_delta, stride_qm, stride_dom, p_mask, stride_mask_m, stride_mask_n,
     start_n, offs_n, offs_d, i_bh, seed, drop_below, dropout_scale,
-    start_m, end_m, seqlen_q, seqlen_k, qk_scale,
+    start, end, seqlen_q, seqlen_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
     INT64_ROWS: tl.constexpr,
 ):
-    """Accumulate dK, dV of one key tile over query tiles [start_m, end_m), in transposed
+    """Accumulate dK, dV of the key tile at start_n over query tiles [start, end), in transposed
     form ([BLOCK_N, BLOCK_M] tiles) so no tile needs a transpose before its dot. MASKED tiles
     straddle the causal diagonal or lie under a boolean mask. Rows past Lq load dO = 0 and
-    delta = 0 and so add nothing; columns past Lk are never stored."""
+    delta = 0 and so add nothing."""
     m_d = offs_d < HEAD_DIM
-    for start in range(start_m, end_m, BLOCK_M):
-        offs_m = start + tl.arange(0, BLOCK_M)
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
         if INT64_ROWS:
             offs_m = offs_m.to(tl.int64)
         m_rows = offs_m < seqlen_q
         m_qd = m_rows[:, None] & m_d[None, :]
         b_q = tl.load(p_q + offs_m[:, None] * stride_qm, mask=m_qd, other=0.0)  # [M, D]
         b_do = tl.load(p_do + offs_m[:, None] * stride_dom, mask=m_qd, other=0.0)  # [M, D]
-        if UPCAST:
+        if INTERPRET_BF16:
             b_q = b_q.to(tl.float32)
             b_do = b_do.to(tl.float32)
-        b_lse = tl.load(p_lse + offs_m, mask=m_rows, other=0.0)  # log2 domain
+        b_lse = row_lse(p_lse + offs_m, m_rows)
         b_delta = tl.load(p_delta + offs_m, mask=m_rows, other=0.0)
-        # [BLOCK_N, BLOCK_M]; an explicit fma keeps scale and shift one instruction whatever
-        # Triton's floating-point fusion default
-        b_pt = tl.exp2(tl.fma(tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION), qk_scale,
-                              -b_lse[None, :]))
+        # [BLOCK_N, BLOCK_M] log2 weights; an explicit fma keeps scale and shift one
+        # instruction whatever Triton's floating-point fusion default. Hidden pairs are set to
+        # -inf before the exp2, which could overflow on them.
+        b_log_pt = tl.fma(tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION), qk_scale,
+                          -b_lse[None, :])
         if MASKED:
-            m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mm,
-                                stride_mn, IS_CAUSAL, HAS_MASK)
-            b_pt = tl.where(tl.trans(m_visible), b_pt, 0.0)
+            m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mask_m,
+                                stride_mask_n, IS_CAUSAL, HAS_MASK)
+            b_log_pt = tl.where(tl.trans(m_visible), b_log_pt, float("-inf"))
+        b_pt = tl.exp2(b_log_pt)
         # [BLOCK_N, BLOCK_M]
         b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)
         b_pt_dropped = b_pt
@@ -103,10 +114,12 @@ def _dkdv_q_loop(
             b_pt_dropped = tl.where(b_keep, b_pt * dropout_scale, 0.0)
             b_dpt = tl.where(b_keep, b_dpt * dropout_scale, 0.0)
         # [BLOCK_N, D]
-        b_dv = tl.dot(b_pt_dropped.to(b_do.dtype), b_do, b_dv, input_precision=PRECISION)
+        b_dv = tl.dot(dot_operand(b_pt_dropped, b_do, INTERPRET_BF16), b_do, b_dv,
+                      input_precision=PRECISION)
         b_dst = b_pt * (b_dpt - b_delta[None, :])
         # [BLOCK_N, D]
-        b_dk = tl.dot(b_dst.to(b_q.dtype), b_q, b_dk, input_precision=PRECISION)
+        b_dk = tl.dot(dot_operand(b_dst, b_q, INTERPRET_BF16), b_q, b_dk,
+                      input_precision=PRECISION)
     return b_dk, b_dv
 
 
@@ -120,12 +133,12 @@ def _attn_bwd_dkdv_kernel(
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n,
     n_heads_kv, group_size, seqlen_q, seqlen_k, seqlen_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
 ):
     """dK, dV: [B, Hkv, Lk, D]; LSE (log2 domain) and DELTA: [B, Hq, Lq] fp32.
     Grid: (cdiv(Lk, BLOCK_N), B * Hkv)."""
@@ -143,14 +156,15 @@ def _attn_bwd_dkdv_kernel(
                   + offs_d[None, :] * stride_kd, mask=m_kv, other=0.0)  # [BLOCK_N, D]
     b_v = tl.load(V + i_b * stride_vb + i_hk * stride_vh + offs_n[:, None] * stride_vn
                   + offs_d[None, :] * stride_vd, mask=m_kv, other=0.0)  # [BLOCK_N, D]
-    if UPCAST:
+    if INTERPRET_BF16:
         b_k = b_k.to(tl.float32)
         b_v = b_v.to(tl.float32)
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
     # Causal: query rows before this key tile never see it; tiles from full_start on see it
-    # whole; the ones between straddle the diagonal. A boolean mask makes every tile masked.
+    # whole; the ones between straddle the diagonal. A boolean mask, or keys past Lk in this
+    # tile (whose recomputed weights exp2(-lse) can overflow), make every tile masked.
     start_m = 0
     full_start = 0
     if HAS_MASK:
@@ -158,6 +172,7 @@ def _attn_bwd_dkdv_kernel(
     if IS_CAUSAL:
         start_m = ((i_n * BLOCK_N) // BLOCK_M) * BLOCK_M
         full_start = tl.maximum(full_start, tl.cdiv(i_n * BLOCK_N + BLOCK_N - 1, BLOCK_M) * BLOCK_M)
+    full_start = tl.where(i_n * BLOCK_N + BLOCK_N > seqlen_k, seqlen_q, full_start)
     seed = 0
     if HAS_DROPOUT:
         seed = tl.load(SEED)
@@ -168,72 +183,78 @@ def _attn_bwd_dkdv_kernel(
         p_do = DO + i_b * stride_dob + i_h * stride_doh + offs_d[None, :] * stride_dod
         p_lse = LSE + i_bh * seqlen_q
         p_delta = DELTA + i_bh * seqlen_q
-        p_mask = MASK + i_b * stride_mb + i_h * stride_mh
+        p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
-            p_mask, stride_mm, stride_mn,
+            p_mask, stride_mask_m, stride_mask_n,
             i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, drop_below, dropout_scale,
-            start_m, tl.minimum(full_start, seqlen_q), seqlen_q, seqlen_k, qk_scale,
-            HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
-            INT64_ROWS,
+            start=start_m, end=tl.minimum(full_start, seqlen_q), seqlen_q=seqlen_q,
+            seqlen_k=seqlen_k, qk_scale=qk_scale,
+            HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=True,
+            IS_CAUSAL=IS_CAUSAL, HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT,
+            INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
         )
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
-            p_mask, stride_mm, stride_mn,
+            p_mask, stride_mask_m, stride_mask_n,
             i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, drop_below, dropout_scale,
-            full_start, seqlen_q, seqlen_q, seqlen_k, qk_scale,
-            HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
-            INT64_ROWS,
+            start=full_start, end=seqlen_q, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+            qk_scale=qk_scale,
+            HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=False,
+            IS_CAUSAL=IS_CAUSAL, HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT,
+            INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
         )
 
     p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh
     p_dv = DV + i_b * stride_dvb + i_hk * stride_dvh
     tl.store(p_dk + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-             (b_dk * sm_scale).to(DK.dtype.element_ty), mask=m_kv)
+             downcast(b_dk * sm_scale, DK.dtype.element_ty, INTERPRET_BF16), mask=m_kv)
     tl.store(p_dv + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
-             b_dv.to(DV.dtype.element_ty), mask=m_kv)
+             downcast(b_dv, DV.dtype.element_ty, INTERPRET_BF16), mask=m_kv)
 
 
 @triton.jit
 def _dq_kv_loop(
     b_dq, b_q, b_do, b_lse, b_delta,
-    p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
+    p_k, p_v, stride_kn, stride_vn, p_mask, stride_mask_m, stride_mask_n,
     offs_m, offs_d, rng_rows, seed, drop_below, dropout_scale,
-    start_n, end_n, seqlen_q, seqlen_k, qk_scale,
+    start, end, seqlen_q, seqlen_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
     INT64_ROWS: tl.constexpr,
 ):
-    """Accumulate dQ of one query tile over key tiles [start_n, end_n). Keys past Lk load as
-    zeros and add nothing; MASKED tiles straddle the causal diagonal or lie under a boolean
-    mask."""
+    """Accumulate dQ of one query tile over key tiles [start, end). MASKED tiles hold keys
+    past Lk, straddle the causal diagonal or lie under a boolean mask: a key past Lk must be
+    masked, as its recomputed weight exp2(-lse) can overflow and turn dS into NaN."""
     m_d = offs_d < HEAD_DIM
-    for start in range(start_n, end_n, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
         if INT64_ROWS:
             offs_n = offs_n.to(tl.int64)
         m_kv = (offs_n[:, None] < seqlen_k) & m_d[None, :]
         b_k = tl.load(p_k + offs_n[:, None] * stride_kn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
         b_v = tl.load(p_v + offs_n[:, None] * stride_vn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
-        if UPCAST:
+        if INTERPRET_BF16:
             b_k = b_k.to(tl.float32)
             b_v = b_v.to(tl.float32)
         # [BLOCK_M, BLOCK_N]
-        b_p = tl.exp2(tl.fma(tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION), qk_scale,
-                             -b_lse[:, None]))
+        b_log_p = tl.fma(tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION), qk_scale,
+                         -b_lse[:, None])
         if MASKED:
-            m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mm,
-                                stride_mn, IS_CAUSAL, HAS_MASK)
-            b_p = tl.where(m_visible, b_p, 0.0)
+            m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mask_m,
+                                stride_mask_n, IS_CAUSAL, HAS_MASK)
+            b_log_p = tl.where(m_visible, b_log_p, float("-inf"))
+        b_p = tl.exp2(b_log_p)
         # [BLOCK_M, BLOCK_N]
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
         if HAS_DROPOUT:
-            b_keep = keep_mask(seed, rng_rows, start, seqlen_k, drop_below, BLOCK_M, BLOCK_N)
+            b_keep = keep_mask(seed, rng_rows, start_n, seqlen_k, drop_below, BLOCK_M, BLOCK_N)
             b_dp = tl.where(b_keep, b_dp * dropout_scale, 0.0)
         b_ds = b_p * (b_dp - b_delta[:, None])
         # [BLOCK_M, D]
-        b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq, input_precision=PRECISION)
+        b_dq = tl.dot(dot_operand(b_ds, b_k, INTERPRET_BF16), b_k, b_dq,
+                      input_precision=PRECISION)
     return b_dq
 
 
@@ -246,12 +267,12 @@ def _attn_bwd_dq_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n,
     n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
 ):
     """dQ: [B, Hq, Lq, D]. Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
     i_m = tl.program_id(0)
@@ -272,10 +293,10 @@ def _attn_bwd_dq_kernel(
                   + offs_d[None, :] * stride_qd, mask=m_q, other=0.0)  # [BLOCK_M, D]
     b_do = tl.load(DO + i_b * stride_dob + i_h * stride_doh + offs_m[:, None] * stride_dom
                    + offs_d[None, :] * stride_dod, mask=m_q, other=0.0)  # [BLOCK_M, D]
-    if UPCAST:
+    if INTERPRET_BF16:
         b_q = b_q.to(tl.float32)
         b_do = b_do.to(tl.float32)
-    b_lse = tl.load(LSE + i_bh * seqlen_q + offs_m, mask=m_rows, other=0.0)
+    b_lse = row_lse(LSE + i_bh * seqlen_q + offs_m, m_rows)
     b_delta = tl.load(DELTA + i_bh * seqlen_q + offs_m, mask=m_rows, other=0.0)
     p_k = K + i_b * stride_kb + i_hk * stride_kh + offs_d[None, :] * stride_kd
     p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_d[None, :] * stride_vd
@@ -285,11 +306,11 @@ def _attn_bwd_dq_kernel(
     if HAS_DROPOUT:
         seed = tl.load(SEED)
 
-    p_mask = MASK + i_b * stride_mb + i_h * stride_mh
-    # Tiles before full_end are wholly visible; the rest straddle the causal diagonal or lie
-    # under a boolean mask.
+    p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
+    # Tiles before full_end are wholly visible; the rest hold keys past Lk, straddle the causal
+    # diagonal or lie under a boolean mask.
     end_n = seqlen_k
-    full_end = seqlen_k
+    full_end = (seqlen_k // BLOCK_N) * BLOCK_N
     if HAS_MASK:
         full_end = 0
     if IS_CAUSAL:
@@ -298,19 +319,23 @@ def _attn_bwd_dq_kernel(
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
-        p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, drop_below,
-        dropout_scale, 0, full_end, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N,
-        False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION, INT64_ROWS,
+        p_mask, stride_mask_m, stride_mask_n, offs_m, offs_d, rng_rows, seed, drop_below,
+        dropout_scale, start=0, end=full_end, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+        qk_scale=qk_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=False,
+        IS_CAUSAL=IS_CAUSAL, HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT,
+        INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
     )
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
-        p_mask, stride_mm, stride_mn, offs_m, offs_d, rng_rows, seed, drop_below,
-        dropout_scale, full_end, end_n, seqlen_q, seqlen_k, qk_scale, HEAD_DIM, BLOCK_M,
-        BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION, INT64_ROWS,
+        p_mask, stride_mask_m, stride_mask_n, offs_m, offs_d, rng_rows, seed, drop_below,
+        dropout_scale, start=full_end, end=end_n, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+        qk_scale=qk_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=True,
+        IS_CAUSAL=IS_CAUSAL, HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT,
+        INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
     )
     tl.store(DQ + i_b * stride_dqb + i_h * stride_dqh + offs_m[:, None] * stride_dqm
-             + offs_d[None, :] * stride_dqd, (b_dq * sm_scale).to(DQ.dtype.element_ty),
-             mask=m_q)
+             + offs_d[None, :] * stride_dqd,
+             downcast(b_dq * sm_scale, DQ.dtype.element_ty, INTERPRET_BF16), mask=m_q)
 
 
 def attention_backward(
@@ -333,16 +358,15 @@ def attention_backward(
 ) -> None:
     """Launch the backward: fills dq (shape of q), dk and dv (shape of k, v).
 
-    ``out`` and ``lse`` are the forward's results, ``seed`` and ``attn_mask`` the forward's
-    (see ``attention_forward``). All tensors may have any strides.
+    ``out`` and ``lse`` (base 2) are the forward's results, ``seed`` and ``attn_mask`` the
+    forward's (see ``attention_forward``). All tensors may have any strides.
     """
     batch, n_heads_q, seqlen_q, head_dim = q.shape
     n_heads_kv, seqlen_k = k.shape[1], k.shape[2]
     group_size = n_heads_q // n_heads_kv
     has_dropout = dropout_p > 0.0
     if int64_rows is None:
-        int64_rows = needs_int64_rows(q, k, v, out, do, dq, dk, dv,
-                                      *(() if attn_mask is None else (attn_mask,)))
+        int64_rows = needs_int64_rows(q, k, v, out, do, dq, dk, dv, attn_mask)
     block_d = head_dim_block(head_dim)
 
     delta = torch.empty_like(lse)
@@ -351,8 +375,6 @@ def attention_backward(
         out, do, delta, *out.stride(), *do.stride(), n_heads_q, seqlen_q,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, INT64_ROWS=int64_rows,
     )
-    # A row that saw no key (lse = -inf) gets +inf, so its recomputed weights are exp2(-inf) = 0.
-    lse_log2 = torch.where(lse == float("-inf"), float("inf"), lse * LOG2E)
     common = (
         scale, scale * LOG2E, *dropout_args(dropout_p),
         *q.stride(), *k.stride(), *v.stride(), *do.stride(),
@@ -367,14 +389,14 @@ def attention_backward(
     launch(
         _attn_bwd_dkdv_kernel, "dkdv",
         lambda meta: (triton.cdiv(seqlen_k, meta["BLOCK_N"]), batch * n_heads_kv),
-        (q, k, v, do, dk, dv, lse_log2, delta, seed_arg, mask_ptr, *common, *dk.stride(),
+        (q, k, v, do, dk, dv, lse, delta, seed_arg, mask_ptr, *common, *dk.stride(),
          *dv.stride(), *mask_strides, n_heads_kv, group_size, seqlen_q, seqlen_k, bucket),
         flags,
     )
     launch(
         _attn_bwd_dq_kernel, "dq",
         lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q),
-        (q, k, v, do, dq, lse_log2, delta, seed_arg, mask_ptr, *common, *dq.stride(),
+        (q, k, v, do, dq, lse, delta, seed_arg, mask_ptr, *common, *dq.stride(),
          *mask_strides, n_heads_q, group_size, seqlen_q, seqlen_k, bucket),
         flags,
     )

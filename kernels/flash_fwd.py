@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .casting import dot_operand, downcast
 from .configs import head_dim_block
 from .dropout import dropout_args, keep_mask
 from .launch import LOG2E, kernel_flags, launch, mask_args, needs_int64_rows, seqlen_bucket
@@ -20,19 +21,19 @@ from .masking import visible
 @triton.jit
 def _fwd_kv_loop(
     b_acc, b_l, b_m, b_q,
-    p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
+    p_k, p_v, stride_kn, stride_vn, p_mask, stride_mask_m, stride_mask_n,
     offs_m, offs_d, rng_rows, seed, drop_below,
-    start_n, end_n, seqlen_q, seqlen_k, qk_scale,
+    start, end, seqlen_q, seqlen_k, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
     INT64_ROWS: tl.constexpr,
 ):
-    """Accumulate key tiles [start_n, end_n). MASKED tiles apply the length, causal and
+    """Accumulate key tiles [start, end). MASKED tiles apply the length, causal and
     boolean masks; the others (the bulk of the work) skip them."""
     m_d = offs_d < HEAD_DIM
-    for start in range(start_n, end_n, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
         if INT64_ROWS:
             offs_n = offs_n.to(tl.int64)
         m_kv = m_d[None, :]
@@ -40,15 +41,15 @@ def _fwd_kv_loop(
             m_kv = m_kv & (offs_n[:, None] < seqlen_k)
         b_k = tl.load(p_k + offs_n[:, None] * stride_kn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
         b_v = tl.load(p_v + offs_n[:, None] * stride_vn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
-        if UPCAST:
+        if INTERPRET_BF16:
             b_k = b_k.to(tl.float32)
             b_v = b_v.to(tl.float32)
         # [BLOCK_M, BLOCK_N] raw scores; the scale (> 0, so the row max commutes with it) is
         # applied in the exponent's fused multiply-add rather than in a pass of its own.
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)
         if MASKED:
-            m_s = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mm, stride_mn,
-                          IS_CAUSAL, HAS_MASK)
+            m_s = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mask_m,
+                          stride_mask_n, IS_CAUSAL, HAS_MASK)
             b_s = tl.where(m_s, b_s, float("-inf"))
         b_m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
         b_m_safe = b_m_new
@@ -59,10 +60,10 @@ def _fwd_kv_loop(
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         if HAS_DROPOUT:
             # The normaliser uses every weight; only the value sum sees the dropped ones.
-            b_keep = keep_mask(seed, rng_rows, start, seqlen_k, drop_below, BLOCK_M, BLOCK_N)
+            b_keep = keep_mask(seed, rng_rows, start_n, seqlen_k, drop_below, BLOCK_M, BLOCK_N)
             b_p = tl.where(b_keep, b_p, 0.0)
         # [BLOCK_M, D]
-        b_acc = tl.dot(b_p.to(b_v.dtype), b_v, b_acc * b_alpha[:, None],
+        b_acc = tl.dot(dot_operand(b_p, b_v, INTERPRET_BF16), b_v, b_acc * b_alpha[:, None],
                        input_precision=PRECISION)
         b_m = b_m_new
     return b_acc, b_l, b_m
@@ -76,15 +77,16 @@ def _attn_fwd_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    stride_mb, stride_mh, stride_mm, stride_mn,
+    stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n,
     n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
 ):
     """Q: [B, Hq, Lq, D], K/V: [B, Hkv, Lk, D] (any strides), O: [B, Hq, Lq, D],
-    LSE: [B, Hq, Lq] fp32 natural log, MASK: [B, Hq, Lq, Lk] uint8 (broadcast by zero strides).
+    LSE: [B, Hq, Lq] fp32 base 2 (-inf for a row that sees no key), MASK: [B, Hq, Lq, Lk]
+    uint8 (broadcast by zero strides).
     Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
     i_m = tl.program_id(0)
     if IS_CAUSAL:  # the last query tiles see the most keys: start them first
@@ -104,11 +106,11 @@ def _attn_fwd_kernel(
     p_q = Q + i_b * stride_qb + i_h * stride_qh
     b_q = tl.load(p_q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=m_q,
                   other=0.0)  # [BLOCK_M, D]
-    if UPCAST:
+    if INTERPRET_BF16:
         b_q = b_q.to(tl.float32)
     p_k = K + i_b * stride_kb + i_hk * stride_kh + offs_d[None, :] * stride_kd
     p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_d[None, :] * stride_vd
-    p_mask = MASK + i_b * stride_mb + i_h * stride_mh
+    p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
 
     seed = 0
     rng_rows = i_bh * seqlen_q + offs_m  # global query rows: the dropout stream's key
@@ -129,16 +131,20 @@ def _attn_fwd_kernel(
         end_n = tl.minimum(seqlen_k, (i_m + 1) * BLOCK_M)
         full_end = tl.minimum(full_end, ((i_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
     b_acc, b_l, b_m = _fwd_kv_loop(
-        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
-        offs_m, offs_d, rng_rows, seed, drop_below, 0, full_end, seqlen_q, seqlen_k, qk_scale,
-        HEAD_DIM, BLOCK_M, BLOCK_N, False, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST, PRECISION,
-        INT64_ROWS,
+        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mask_m,
+        stride_mask_n, offs_m, offs_d, rng_rows, seed, drop_below,
+        start=0, end=full_end, seqlen_q=seqlen_q, seqlen_k=seqlen_k, qk_scale=qk_scale,
+        HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=False, IS_CAUSAL=IS_CAUSAL,
+        HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT, INTERPRET_BF16=INTERPRET_BF16,
+        PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
     )
     b_acc, b_l, b_m = _fwd_kv_loop(
-        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mm, stride_mn,
-        offs_m, offs_d, rng_rows, seed, drop_below, full_end, end_n, seqlen_q, seqlen_k,
-        qk_scale, HEAD_DIM, BLOCK_M, BLOCK_N, True, IS_CAUSAL, HAS_MASK, HAS_DROPOUT, UPCAST,
-        PRECISION, INT64_ROWS,
+        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, p_mask, stride_mask_m,
+        stride_mask_n, offs_m, offs_d, rng_rows, seed, drop_below,
+        start=full_end, end=end_n, seqlen_q=seqlen_q, seqlen_k=seqlen_k, qk_scale=qk_scale,
+        HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=True, IS_CAUSAL=IS_CAUSAL,
+        HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT, INTERPRET_BF16=INTERPRET_BF16,
+        PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
     )
 
     # A row with no visible key has l = 0: it outputs zeros and an LSE of -inf.
@@ -146,8 +152,8 @@ def _attn_fwd_kernel(
     b_o = b_acc * (dropout_scale / b_l_safe)[:, None]
     p_o = O + i_b * stride_ob + i_h * stride_oh
     tl.store(p_o + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-             b_o.to(O.dtype.element_ty), mask=m_q)
-    b_lse = tl.where(b_l == 0.0, float("-inf"), (b_m + tl.log2(b_l_safe)) / 1.4426950408889634)
+             downcast(b_o, O.dtype.element_ty, INTERPRET_BF16), mask=m_q)
+    b_lse = tl.where(b_l == 0.0, float("-inf"), b_m + tl.log2(b_l_safe))
     tl.store(LSE + i_bh * seqlen_q + offs_m, b_lse, mask=offs_m < seqlen_q)
 
 
@@ -165,7 +171,8 @@ def attention_forward(
     attn_mask: torch.Tensor | None = None,
     int64_rows: bool | None = None,
 ) -> None:
-    """Launch the forward: fills ``out`` (B, Hq, Lq, D) and ``lse`` (B, Hq, Lq) fp32.
+    """Launch the forward: fills ``out`` (B, Hq, Lq, D) and ``lse`` (B, Hq, Lq) fp32, the
+    base-2 log-sum-exp of the scaled scores (-inf for a row that sees no key).
 
     q (B, Hq, Lq, D) and k, v (B, Hkv, Lk, D) may have any strides. ``seed`` is a one-element
     int64 tensor on the device (used when ``dropout_p > 0``). ``attn_mask`` is an optional
@@ -177,7 +184,7 @@ def attention_forward(
     seqlen_k = k.shape[2]
     has_dropout = dropout_p > 0.0
     if int64_rows is None:
-        int64_rows = needs_int64_rows(q, k, v, out, *(() if attn_mask is None else (attn_mask,)))
+        int64_rows = needs_int64_rows(q, k, v, out, attn_mask)
     mask_ptr, *mask_strides = mask_args(attn_mask, lse)
     args = (
         q, k, v, out, lse, seed if has_dropout else lse, mask_ptr,

@@ -19,6 +19,7 @@ from triton.runtime.errors import OutOfResources
 from .configs import FP32_TILES, INTERPRETER_META, TILES, candidate_tiles
 
 LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453  # the kernels' base-2 LSE times this is the natural one
 
 # Triton decides when a kernel is defined (at import) whether it runs on the interpreter.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -45,8 +46,9 @@ def seqlen_bucket(seqlen: int) -> int:
 def kernel_flags(q: torch.Tensor) -> dict:
     """Constexpr flags every attention kernel takes, derived from the query tensor."""
     return {
-        # Triton 3.9 interpreter: tl.dot on bf16 multiplies raw bits, so compute in fp32.
-        "UPCAST": is_interpreter() and q.dtype == torch.bfloat16,
+        # Triton 3.9 interpreter: tl.dot on bf16 multiplies raw bits and its casts to bf16
+        # truncate, so bf16 runs on fp32 copies and rounds by hand (casting.py).
+        "INTERPRET_BF16": is_interpreter() and q.dtype == torch.bfloat16,
         # fp32 inputs promise fp32 accuracy: no TF32 in the dots.
         "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
     }

@@ -177,17 +177,48 @@ def test_bad_dtypes_values_and_devices_raise(device, monkeypatch):
         ao.flash_attention(q.double(), q.double(), q.double())
     with pytest.raises(ValueError, match="dropout_p"):
         ao.flash_attention(q, q, q, dropout_p=-0.1)
-    with pytest.raises(ValueError, match="scale"):
-        ao.flash_attention(q, q, q, scale=0.0)
     if device == "cuda":
         with pytest.raises(ValueError, match="one device"):
             ao.flash_attention(q, q.cpu(), q)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": 0.0}, "scale must be a finite positive"),
+    ({"scale": -1.0}, "scale must be a finite positive"),
+    ({"scale": float("inf")}, "scale must be a finite positive"),
+    ({"scale": float("nan")}, "scale must be a finite positive"),
+    ({"scale": "0.5"}, "scale must be a positive float"),
+    ({"dropout_p": "0.1"}, "dropout_p must be a number"),
+    ({"dropout_p": float("nan")}, r"dropout_p must be in \[0, 1\]"),
+    ({"attn_mask": [[True] * 4] * 4}, "attn_mask must be a torch.Tensor"),
+])
+def test_bad_arguments_raise_value_error_naming_them(kwargs, message, device, monkeypatch):
+    monkeypatch.setattr("attention_ops.ops.attention_forward", _no_launch)
+    q = torch.randn(1, 1, 4, 16, device=device)
+    with pytest.raises(ValueError, match=message):
+        ao.flash_attention(q, q, q, **kwargs)
+
+
+@pytest.mark.parametrize("scale", [None, 0.5])
+def test_head_dim_zero_raises(scale, device, monkeypatch):
+    monkeypatch.setattr("attention_ops.ops.attention_forward", _no_launch)
+    q = torch.randn(1, 1, 4, 0, device=device)
+    with pytest.raises(ValueError, match="head_dim"):
+        ao.flash_attention(q, q, q, scale=scale)
+
+
 def test_cpu_tensors_without_the_interpreter_raise(monkeypatch):
-    monkeypatch.setattr("attention_ops.flash.is_interpreter", lambda: False)
+    monkeypatch.setattr("attention_ops.validation.is_interpreter", lambda: False)
     q = torch.randn(1, 1, 4, 16)
     with pytest.raises(ValueError, match="CUDA"):
+        ao.flash_attention(q, q, q)
+
+
+def test_interpreter_requested_after_import_says_to_set_it_before(monkeypatch):
+    monkeypatch.setattr("attention_ops.validation.is_interpreter", lambda: False)
+    monkeypatch.setattr("attention_ops.validation.interpreter_requested_too_late", lambda: True)
+    q = torch.randn(1, 1, 4, 16)
+    with pytest.raises(ValueError, match="set it before the import"):
         ao.flash_attention(q, q, q)
 
 
@@ -275,6 +306,48 @@ def test_bad_masks_raise(mask, message, device):
     q = torch.randn(1, 1, 4, 16, device=device)
     with pytest.raises(ValueError, match=message):
         ao.flash_attention(q, q, q, attn_mask=mask.to(device))
-    with pytest.raises(ValueError, match="not both"):
-        ao.flash_attention(q, q, q, causal=True,
-                           attn_mask=torch.ones(4, 4, dtype=torch.bool, device=device))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_causal_rule_and_bool_mask_apply_together(dtype, device):
+    torch.manual_seed(14)
+    q, k, v = qkv(2, 2, 2, 37, 37, 32, dtype, device)
+    mask = torch.rand(2, 1, 37, 37, device=device) > 0.3
+    assert_matches_reference(
+        lambda q, k, v: ao.flash_attention(q, k, v, causal=True, attn_mask=mask),
+        q, k, v, attn_mask=mask & torch.ones(37, 37, dtype=torch.bool, device=device).tril())
+
+
+# --- regressions -----------------------------------------------------------------------------
+
+def test_keys_past_the_end_of_a_ragged_tile_never_reach_dq(device):
+    """One key, far below the query: its LSE is that one score, so a padding key of the ragged
+    tile would get weight exp(-lse) = inf and turn dQ into NaN. The exact dQ is 0."""
+    q = torch.ones(1, 1, 1, 16, dtype=torch.float16, device=device, requires_grad=True)
+    k = torch.full((1, 1, 1, 16), -3.0, dtype=torch.float16, device=device, requires_grad=True)
+    v = torch.randn(1, 1, 1, 16, dtype=torch.float16, device=device)
+    ao.flash_attention(q, k, v).backward(torch.ones_like(q))
+    assert torch.equal(q.grad, torch.zeros_like(q))
+    assert torch.equal(k.grad, torch.zeros_like(k))
+
+
+def test_causal_rows_below_a_short_key_side_keep_finite_gradients(device):
+    """Causal, Lq = 80 > Lk = 20: the last query tile sees every key, in a ragged key tile; with
+    scores near -120 the padding keys' recomputed weights overflow float32 unless masked."""
+    q = torch.ones(1, 1, 80, 16, device=device)
+    k = torch.full((1, 1, 20, 16), -30.0, device=device)
+    v = torch.randn(1, 1, 20, 16, device=device)
+    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, causal=True),
+                             q, k, v, causal=True)
+
+
+def test_single_key_bfloat16_backward_returns_dv_equal_to_do(device):
+    """One query, one key: the weight is exactly 1 and dV = dO, bit for bit, when every cast
+    to bfloat16 rounds to nearest even, as a GPU's does."""
+    torch.manual_seed(15)
+    q, k, v = (t.requires_grad_() for t in qkv(4, 8, 8, 1, 1, 64, torch.bfloat16, device))
+    do = torch.randn_like(q)
+    out = ao.flash_attention(q, k, v)
+    out.backward(do)
+    assert torch.equal(out, v.detach())
+    assert torch.equal(v.grad, do)

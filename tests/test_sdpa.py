@@ -179,7 +179,7 @@ def test_fully_masked_rows_give_zeros_with_float_mask():
 
 def test_fully_masked_rows_get_zero_gradients_with_float_mask():
     mask = torch.zeros(4, 5, dtype=torch.float64).masked_fill(~KEEP, float("-inf"))
-    with pytest.warns(UserWarning, match="float attn_mask"):
+    with pytest.warns(UserWarning, match="eager path"):
         assert_matches_torch(fully_masked_inputs(torch.float64), attn_mask=mask)
 
 
@@ -226,8 +226,6 @@ def q_kv(q_shape=(2, 4, 5, 8), kv_shape=(2, 4, 6, 8), dtype=torch.float32):
         (lambda: q_kv(), {"attn_mask": torch.zeros(1, 2, 4, 5, 6)}, "does not broadcast"),
         (lambda: q_kv(), {"attn_mask": torch.zeros(5, 6, dtype=torch.long)}, "attn_mask must"),
         (lambda: q_kv(), {"attn_mask": torch.zeros(5, 6, dtype=torch.float64)}, "attn_mask must"),
-        (lambda: q_kv(), {"attn_mask": torch.ones(5, 6, dtype=torch.bool), "is_causal": True},
-         "not both"),
         (lambda: q_kv(), {"dropout_p": 1.5}, "dropout_p"),
     ],
 )
@@ -260,7 +258,7 @@ def test_calls_outside_the_fused_kernel_warn_once_per_reason(make_args, kwargs, 
 
 
 def test_cpu_tensors_without_the_interpreter_take_the_eager_path(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr("attention_ops.validation.is_interpreter", lambda: False)
     query, key, value = q_kv()
     with pytest.warns(UserWarning, match="tensors on cpu"):
         out = ao.scaled_dot_product_attention(query, key, value, is_causal=True)
@@ -281,3 +279,73 @@ def test_strict_mode_raises_instead_of_leaving_the_fused_kernel():
             ao.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     assert ao.set_strict(True) is False  # the block restored the default
     assert ao.set_strict(False) is True
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"attn_mask": [[True] * 6] * 5},
+    {"dropout_p": "0.1"},
+    {"scale": "0.5"},
+], ids=["list-mask", "string-dropout", "string-scale"])
+def test_arguments_of_the_wrong_type_raise_type_error_as_torch_does(kwargs):
+    args = q_kv()
+    with pytest.raises(TypeError) as torch_error:
+        torch_sdpa(*args, **kwargs)
+    with pytest.raises(TypeError) as our_error:
+        ao.scaled_dot_product_attention(*args, **kwargs)
+    assert str(our_error.value) == str(torch_error.value)
+
+
+@pytest.mark.parametrize("make_args, kwargs", [
+    (lambda: q_kv((1, 2, 3, 0), (1, 2, 4, 0)), {}),
+    (lambda: q_kv((1, 2, 3, 0), (1, 2, 4, 0)), {"scale": 0.5}),
+    (lambda: (*q_kv((1, 2, 3, 0), (1, 2, 4, 0))[:2], torch.randn(1, 2, 4, 5)), {}),
+    (lambda: q_kv(), {"scale": float("inf")}),
+    (lambda: q_kv(), {"dropout_p": 0}),
+], ids=["head-dim-0", "head-dim-0-scale", "head-dim-0-values", "infinite-scale", "int-dropout"])
+def test_edge_values_give_what_torch_gives(make_args, kwargs):
+    args = make_args()
+    expected = torch_sdpa(*args, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some of these run the eager path, with a warning
+        out = ao.scaled_dot_product_attention(*args, **kwargs)
+    torch.testing.assert_close(out, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+def test_causal_rule_and_mask_apply_together_as_in_torch(mask_dtype):
+    query, key, value = q_kv((2, 4, 6, 8), (2, 4, 6, 8))
+    mask = torch.rand(6, 6, generator=generator(3)) > 0.5
+    mask[:, 0] = False  # row 0's only causal key is masked: a row with nothing visible
+    if mask_dtype == torch.float32:
+        mask = torch.zeros(6, 6).masked_fill(~mask, float("-inf"))
+    # torch's default dispatch accepts the pair (its math backend alone rejects it)
+    expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the float mask runs the eager path
+        out = ao.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=True)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(out[:, :, 0], torch.zeros_like(out[:, :, 0]))
+
+
+def test_eager_fallback_is_as_accurate_as_torch_in_bfloat16():
+    """A float mask runs the eager math; its softmax runs in float32, as torch's does."""
+    query, key, value = (t.bfloat16() for t in q_kv((2, 4, 64, 32), (2, 4, 64, 32)))
+    mask = torch.randn(64, 64, generator=generator(4)).bfloat16()
+    dout = torch.randn(2, 4, 64, 32, generator=generator(5))
+    inputs = [query, key, value, mask]
+
+    def call(fn, dtype):
+        def attention(q, k, v, m):
+            return fn(q, k, v, attn_mask=m)
+        return run_with_grads(attention, [t.to(dtype) for t in inputs], dout)
+
+    exact = call(torch_sdpa, torch.float64)
+    reference_error = [(a.double() - b).abs().max() for a, b in
+                       zip(call(torch_sdpa, torch.bfloat16), exact, strict=True)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = call(ao.scaled_dot_product_attention, torch.bfloat16)
+    for name, a, b, torch_err in zip(("out", "dq", "dk", "dv", "dmask"), ours, exact,
+                                     reference_error, strict=True):
+        err = (a.double() - b).abs().max()
+        assert err <= 1.5 * torch_err, f"{name}: {err:.2e} > 1.5 x torch's {torch_err:.2e}"
