@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.cases import MODES, sweep_cases
+from bench.cases import DTYPES, MODES, sweep_cases
 from bench.measure import Row, Timing
 from bench.plots import plot_vs_seqlen
 from bench.providers import PROVIDER_NAMES, providers_named
@@ -60,7 +60,7 @@ class SweepConfig:
 
 GPU_FULL = SweepConfig(
     tokens=16384, hidden=2048, seqlens=(512, 1024, 2048, 4096, 8192, 16384), head_dims=(64, 128),
-    causal=(True, False), dtypes=("bfloat16",), dropouts=(0.0,), modes=MODES,
+    causal=(True, False), dtypes=("bf16",), dropouts=(0.0,), modes=MODES,
     providers=PROVIDER_NAMES, warmup_ms=25, rep_ms=100,
 )
 GPU_QUICK = dataclasses.replace(GPU_FULL, seqlens=(1024, 4096), causal=(True,))
@@ -68,7 +68,7 @@ GPU_QUICK = dataclasses.replace(GPU_FULL, seqlens=(1024, 4096), causal=(True,))
 # tests cover it). rep_ms=0 times each row once.
 CPU_FULL = dataclasses.replace(
     GPU_FULL, tokens=64, hidden=64, seqlens=(64, 128), head_dims=(32,),
-    dtypes=("float32", "float16"), warmup_ms=0, rep_ms=0,
+    dtypes=("fp32", "fp16"), warmup_ms=0, rep_ms=0,
 )
 CPU_QUICK = dataclasses.replace(CPU_FULL, seqlens=(64,))
 
@@ -102,7 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--head-dims", type=int, nargs="+", metavar="D", help="head dims")
     p.add_argument("--causal", type=_bool, nargs="+", metavar="{true,false}",
                    help="causal masking, full attention or both")
-    p.add_argument("--dtypes", nargs="+", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES),
+                   help="input dtypes (GPU default bf16)")
     p.add_argument("--dropouts", type=_probability, nargs="+", metavar="P",
                    help="dropout probabilities on the attention weights (default 0.0)")
     p.add_argument("--modes", nargs="+", choices=MODES)
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cases = list(sweep_cases(
         tokens=config.tokens, hidden=config.hidden, seqlens=config.seqlens,
         head_dims=config.head_dims, causals=config.causal,
-        dtypes=[getattr(torch, name) for name in config.dtypes], dropouts=config.dropouts,
+        dtypes=[DTYPES[name] for name in config.dtypes], dropouts=config.dropouts,
         device=device,
     ))
     rows = run_sweep(cases, providers_named(list(config.providers)), config.modes,

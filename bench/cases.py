@@ -10,6 +10,10 @@ import torch
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 
+# The dtype names every bench command line takes and every results table shows.
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
 # FLOPs of each mode in units of the forward's: the backward does 2.5x the forward's matmul
 # work (five L x L x D products against two), fwd+bwd the sum.
 MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
@@ -31,8 +35,8 @@ class Case:
 
     @property
     def dtype_name(self) -> str:
-        """``bfloat16`` for ``torch.bfloat16``."""
-        return str(self.dtype).removeprefix("torch.")
+        """``bf16`` for ``torch.bfloat16`` (the names of ``DTYPES``)."""
+        return DTYPE_NAMES[self.dtype]
 
     def flops(self, mode: str) -> float:
         """Matmul FLOPs of ``mode``: fwd = 4*b*h*n*n*d, halved when causal; see MODE_FLOP_FACTOR."""
@@ -42,7 +46,7 @@ class Case:
         return fwd * MODE_FLOP_FACTOR[mode]
 
     def label(self) -> str:
-        """Short human-readable form, e.g. ``b2 h16 n8192 d128 causal bfloat16``, with
+        """Short human-readable form, e.g. ``b2 h16 n8192 d128 causal bf16``, with
         ``dropout 0.1`` appended when there is dropout."""
         mask = "causal" if self.causal else "full"
         dropout = f" dropout {self.dropout_p:g}" if self.dropout_p > 0 else ""

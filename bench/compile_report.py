@@ -35,9 +35,9 @@ from triton.compiler import ASTSource
 
 from attention_ops.kernels import configs, flash_bwd, flash_fwd
 from attention_ops.kernels.launch import tile_config
+from bench.cases import DTYPES
 
 KINDS = ("fwd", "dkdv", "dq")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
 

@@ -1,6 +1,7 @@
 """The benchmarks run end to end at tiny size (on the CPU: the Triton interpreter), so the
 bench code cannot rot unnoticed: files written, our kernel's errors small, every provider
-listed, dropout swept, the GPT training loop running with every attention."""
+listed, dropout swept, the GPT training loop running with every attention; every command
+spells dtypes alike."""
 
 import csv
 import math
@@ -12,17 +13,19 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # bench/ is not installed: run from the repository root
+    sys.path.insert(0, str(REPO))
 ON_CUDA = torch.cuda.is_available()
 SMOKE_LABEL = "CPU interpreter smoke run: correctness only, timings have no performance meaning"
 PROVIDERS = {"eager", "sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flex", "ours"}
 
 
-def run_module(module: str, *args: str) -> str:
-    """``python -m module args`` from the repository root; its stdout."""
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository root, which must succeed."""
     done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, f"{module} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return done
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -34,9 +37,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def sweep(tmp_path_factory) -> tuple[Path, str]:
     """The quick sweep at interpreter size (the CPU preset; the same shapes on a GPU)."""
     out = tmp_path_factory.mktemp("bench")
-    stdout = run_module("bench", "--quick", "--out", str(out), "--tokens", "64", "--hidden", "64",
-                        "--seqlens", "64", "--head-dims", "32", "--dtypes", "float32", "float16")
-    return out, stdout
+    done = run_module("bench", "--quick", "--out", str(out), "--tokens", "64", "--hidden", "64",
+                      "--seqlens", "64", "--head-dims", "32", "--dtypes", "fp32", "fp16")
+    return out, done.stdout
 
 
 def test_sweep_writes_csv_markdown_and_plots(sweep):
@@ -73,7 +76,7 @@ def test_cpu_run_is_labelled_and_lists_unavailable_providers(sweep):
 
 def test_sweep_with_dropout_runs_ours_at_each_p_and_reports_no_errors_for_p_above_0(tmp_path):
     run_module("bench", "--quick", "--out", str(tmp_path), "--tokens", "64", "--hidden", "64",
-               "--seqlens", "64", "--head-dims", "32", "--dtypes", "float32", "--causal", "true",
+               "--seqlens", "64", "--head-dims", "32", "--dtypes", "fp32", "--causal", "true",
                "--modes", "fwd+bwd", "--providers", "flex", "ours", "--dropouts", "0.0", "0.1")
     rows = {(r["provider"], float(r["p"])): r for r in read_csv(tmp_path / "results.csv")}
     assert set(rows) == {(p, dropout) for p in ("flex", "ours") for dropout in (0.0, 0.1)}
@@ -95,3 +98,17 @@ def test_train_gpt_tiny_runs_every_attention_from_the_same_start(tmp_path):
     for r in rows.values():
         assert float(r["first_loss"]) == pytest.approx(eager_loss, rel=1e-2)
         assert float(r["last_loss"]) < float(r["first_loss"])
+
+
+def test_sweep_rows_and_every_cli_spell_dtypes_bf16_fp16_fp32(sweep, capsys):
+    from bench import compile_report
+    from bench.__main__ import parse_args
+
+    assert {r["dtype"] for r in read_csv(sweep[0] / "results.csv")} == {"fp32", "fp16"}
+    assert parse_args(["--dtypes", "bf16", "fp16", "fp32"]).dtypes == ["bf16", "fp16", "fp32"]
+    for cli in (lambda: parse_args(["--dtypes", "bfloat16"]),
+                lambda: compile_report.main(["--dtype", "bfloat16"])):
+        with pytest.raises(SystemExit):
+            cli()
+        assert "(choose from 'bf16', 'fp16', 'fp32')" in capsys.readouterr().err
+
