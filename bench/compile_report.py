@@ -1,6 +1,7 @@
 """Compile the attention kernels for a GPU architecture without a GPU and report what the
-compiler made of each tile config: registers, spills, shared memory, and whether the dots
-became Hopper warpgroup MMAs (HGMMA in the SASS).
+compiler made of each tile config: registers, spills, shared memory, whether the dots
+became Hopper warpgroup MMAs (HGMMA in the SASS), and how much of the dots' work the warps
+compute more than once ("MMA x", executed over useful multiply-adds; 1.00: none).
 
     TRITON_INTERPRET=0 python -m bench.compile_report        # sm_90a, bf16, D 64/128
     TRITON_INTERPRET=0 python -m bench.compile_report --arch 80 --head-dims 128 --kernels fwd
@@ -12,8 +13,9 @@ Each kernel is compiled from the arguments its host-side launcher passes for a c
 training-shaped problem, specialised as Triton's launcher would (unit strides become
 constants), so the report shows the code a GPU would run, vectorised loads included.
 
-Configs that spill, or need more shared memory than the architecture has, are the ones to
-prune from ``kernels.configs`` for that GPU family.
+Configs that spill, need more shared memory than the architecture has, or compute dots
+twice (MMA x above 1) are the ones to prune from ``kernels.configs`` for that GPU family. A
+progress bar goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from unittest import mock
 
 import torch
 import triton
+from tqdm import tqdm
 from triton._C.libtriton import native_specialize_impl  # what the launcher specialises with
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
@@ -51,6 +55,7 @@ class Report:
     spill_bytes: int | None = None
     shared_bytes: int | None = None
     hgmma: int | None = None
+    mma_factor: float | None = None
     error: str = ""
 
 
@@ -127,6 +132,54 @@ def _resources(cubin: bytes) -> tuple[int, int, int]:
     return registers, spills, sass.count("HGMMA")
 
 
+# A layout definition in the TTGIR, e.g.
+#   #mma1 = #ttg.nvidia_mma<{versionMajor = 3, ..., warpsPerCTA = [8, 1],
+#                            instrShape = [16, 16, 16]}>
+#   #blocked1 = #ttg.blocked<{sizePerThread = [2, 2], threadsPerWarp = [4, 8],
+#                             warpsPerCTA = [4, 1], ...}>
+# (each on one line).
+_LAYOUT = re.compile(r"^#(\w+) = #ttg\.(nvidia_mma|blocked)<\{(.*)\}>$", re.MULTILINE)
+# A dot: warpgroup MMA (sm_90a), mma.sync or FMA (tt.dot). Its first operand's shape is the
+# first shaped type on the line (M x K); its result (M x N) and layout follow "->".
+_DOT = re.compile(r"= (?:tt\.dot|ttng\.warp_group_dot) .*?(?:tensor|memdesc)<(\d+)x(\d+)x"
+                  r".*-> tensor<(\d+)x(\d+)x\w+, #(\w+)>")
+
+
+def _layout_tile(kind: str, fields: str) -> tuple[int, int]:
+    """Rows and columns that one pass of a layout's warps covers: an MMA layout's warps times
+    its instruction shape (a Hopper warpgroup's 4 warps along M cover 64 rows), a blocked
+    layout's elements per thread times threads per warp times warps."""
+    def ints(name: str) -> list[int]:
+        return [int(x) for x in re.search(name + r" = \[([\d, ]+)\]", fields).group(1).split(",")]
+
+    if kind == "nvidia_mma":
+        warps, instr = ints("warpsPerCTA"), ints("instrShape")
+        return warps[0] * instr[0], warps[1] * instr[1]
+    per_thread, threads, warps = ints("sizePerThread"), ints("threadsPerWarp"), ints("warpsPerCTA")
+    return (per_thread[0] * threads[0] * warps[0], per_thread[1] * threads[1] * warps[1])
+
+
+def dot_work(ttgir: str) -> tuple[int, int]:
+    """(executed, useful) multiply-adds of the kernel's dots, summed over every dot in the
+    TTGIR. Useful: M*N*K of the dot's tile. Executed: what the warps issue. A layout whose warps
+    cover more rows or columns than the tile has (8 warps along M over a 64-row tile: two
+    warpgroups) computes the same elements once per extra pass, so each dimension counts
+    rounded up to the layout's coverage."""
+    layouts = {name: (kind, fields) for name, kind, fields in _LAYOUT.findall(ttgir)}
+    dots = _DOT.findall(ttgir)
+    if len(dots) != len(re.findall(r"= (?:tt\.dot|ttng\.warp_group_dot) ", ttgir)):
+        raise ValueError("a dot in the TTGIR has a form this report does not parse")
+    executed = useful = 0
+    for m, k, m_out, n, layout in dots:
+        m, k, n = int(m), int(k), int(n)
+        if m != int(m_out):
+            raise ValueError(f"dot operand rows {m} != result rows {m_out}")
+        rows, cols = _layout_tile(*layouts[layout])
+        useful += m * n * k
+        executed += -(-m // rows) * rows * -(-n // cols) * cols * k
+    return executed, useful
+
+
 def compile_one(launch: tuple, name: str, config: triton.Config, head_dim: int, causal: bool,
                 arch: int) -> Report:
     """Compile one recorded launch (see ``captured_launches``) with one tile config."""
@@ -145,9 +198,25 @@ def compile_one(launch: tuple, name: str, config: triton.Config, head_dim: int, 
         return report
     report.shared_bytes = compiled.metadata.shared
     report.registers, report.spill_bytes, report.hgmma = _resources(compiled.asm["cubin"])
+    try:
+        executed, useful = dot_work(compiled.asm["ttgir"])
+        report.mma_factor = executed / useful
+    except (ValueError, KeyError, ZeroDivisionError) as error:
+        report.error = f"MMA work not measured: {error}"
     if report.shared_bytes > SHARED_LIMIT.get(arch, 99 * 1024):
         report.error = "shared memory over the limit"
     return report
+
+
+def table_row(r: Report) -> str:
+    """One markdown row of the report; what was not measured stays empty."""
+    def cell(value, fmt: str = "") -> str:
+        return "" if value is None else format(value, fmt)
+
+    smem = None if r.shared_bytes is None else r.shared_bytes / 1024
+    return (f"| {r.kernel} | {r.head_dim} | {r.causal} | {r.config} | {cell(r.registers)} | "
+            f"{cell(r.spill_bytes)} | {cell(smem, '.0f')} | {cell(r.hgmma)} | "
+            f"{cell(r.mma_factor, '.2f')} | {r.error} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,22 +235,23 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("the kernels were built for the interpreter: run with "
                          "TRITON_INTERPRET=0")
     causal_values = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
-    print("| kernel | D | causal | config | regs | spill B | smem KiB | HGMMA | note |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name in args.kernels:
-        for head_dim in args.head_dims:
-            tiles = configs.candidate_tiles(name, configs.head_dim_block(head_dim),
-                                            DTYPES[args.dtype])[:args.max_configs]
-            for causal in causal_values:
-                launch = captured_launches(head_dim, causal, args.dtype, args.dropout,
-                                           args.mask)[name]
-                for config in map(tile_config, tiles):
-                    r = compile_one(launch, name, config, head_dim, causal, args.arch)
-                    smem = "" if r.shared_bytes is None else f"{r.shared_bytes / 1024:.0f}"
-                    print(f"| {r.kernel} | {r.head_dim} | {r.causal} | {r.config} | "
-                          f"{r.registers or ''} | {'' if r.spill_bytes is None else r.spill_bytes}"
-                          f" | {smem} | {'' if r.hgmma is None else r.hgmma} | {r.error} |",
-                          flush=True)
+    jobs = [(name, head_dim, causal, tile_config(tile))
+            for name in args.kernels for head_dim in args.head_dims for causal in causal_values
+            for tile in configs.candidate_tiles(name, configs.head_dim_block(head_dim),
+                                                DTYPES[args.dtype])[:args.max_configs]]
+    print("| kernel | D | causal | config | regs | spill B | smem KiB | HGMMA | MMA x | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    launches = {}
+    with tqdm(jobs, unit="tile", file=sys.stderr) as bar:
+        for name, head_dim, causal, config in bar:
+            bar.set_postfix_str(f"{name} D={head_dim} causal={causal}")
+            if (head_dim, causal) not in launches:
+                launches[head_dim, causal] = captured_launches(
+                    head_dim, causal, args.dtype, args.dropout, args.mask)
+            r = compile_one(launches[head_dim, causal][name], name, config, head_dim, causal,
+                            args.arch)
+            bar.write(table_row(r), file=sys.stdout)
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The benchmarks run end to end at tiny size (on the CPU: the Triton interpreter), so the
 bench code cannot rot unnoticed: files written, our kernel's errors small, every provider
 listed, dropout swept, the GPT training loop running with every attention; every command
-spells dtypes alike."""
+spells dtypes alike; the compile report shows progress."""
 
 import csv
 import math
@@ -112,3 +112,19 @@ def test_sweep_rows_and_every_cli_spell_dtypes_bf16_fp16_fp32(sweep, capsys):
             cli()
         assert "(choose from 'bf16', 'fp16', 'fp32')" in capsys.readouterr().err
 
+
+def test_compile_report_shows_progress_while_it_prints_rows(monkeypatch, capsys):
+    """The compiler itself is stubbed out (compile_one): this checks the command's loop."""
+    from bench import compile_report
+
+    def compiled(launch, name, config, head_dim, causal, arch):
+        return compile_report.Report(name, head_dim, causal, "M64 N64 w4 s2", 128, 0, 48 * 1024,
+                                     16, 1.0)
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(compile_report, "compile_one", compiled)
+    compile_report.main(["--kernels", "fwd", "dq", "--head-dims", "64", "--causal", "yes",
+                         "--max-configs", "2"])
+    out, err = capsys.readouterr()
+    assert out.count("| M64 N64 w4 s2 | 128 | 0 | 48 | 16 | 1.00 |  |") == 4
+    assert "4/4" in err and "tile" in err

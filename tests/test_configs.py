@@ -16,6 +16,8 @@ import attention_ops as ao
 from attention_ops.kernels import configs, launch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is not installed: run from the repository root
+    sys.path.insert(0, str(ROOT))
 
 
 @pytest.mark.parametrize("kind", sorted(configs.TILES))
@@ -79,12 +81,46 @@ def test_every_candidate_tile_compiles_for_hopper_without_spills(dtype):
             if line.startswith("| ") and not line.startswith("| kernel")]
     tables = configs.FP32_TILES if dtype == "fp32" else configs.TILES
     assert len(rows) == sum(len(tables[kind][d]) for kind in tables for d in (64, 128))
-    for kernel, head_dim, _, config, _regs, spill, _smem, hgmma, note in rows:
+    for kernel, head_dim, _, config, _regs, spill, _smem, hgmma, _mma_x, note in rows:
         where = f"{kernel} D={head_dim.strip()} {config.strip()}"
         assert note.strip() == "", f"{where}: {note.strip()}"
         assert int(spill) == 0, f"{where}: {spill.strip()} bytes of register spills"
         if dtype != "fp32" and config.strip() != "M32 N32 w4 s1":
             assert int(hgmma) > 0, f"{where}: no warpgroup MMA in the SASS"
+
+
+# Two dots of a dK/dV M32 N64 w8 kernel as sm_90a's TTGIR prints them: S^T (64 x 32, K = 128)
+# on all 8 warps along its 64 rows, and dV (64 x 128, K = 32) on 4 x 2 warps.
+DKDV_M32_N64_W8_TTGIR = """\
+#mma = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [4, 2], \
+instrShape = [16, 64, 16]}>
+#mma1 = #ttg.nvidia_mma<{versionMajor = 3, versionMinor = 0, warpsPerCTA = [8, 1], \
+instrShape = [16, 16, 16]}>
+      %b_pt_199 = ttng.warp_group_dot %b_k_34, %b_pt_193, %cst_4 {inputPrecision = 0 : i32, \
+isAsync = true} : !ttg.memdesc<64x128xbf16, #shared, #smem> * !ttg.memdesc<128x32xbf16, \
+#shared2, #smem, mutable> -> tensor<64x32xf32, #mma1> loc(#loc237)
+      %b_pt_200:3 = ttng.warp_group_dot_wait %b_pt_199, %b_k_34, %b_pt_193 {pendings = 0 : i32} \
+: tensor<64x32xf32, #mma1>, !ttg.memdesc<64x128xbf16, #shared, #smem> loc(#loc237)
+      %b_dv_215 = ttng.warp_group_dot %b_dv_214, %b_do_194, %arg42 {inputPrecision = 0 : i32, \
+isAsync = true} : tensor<64x32xbf16, #ttg.dot_op<{opIdx = 0, parent = #mma, kWidth = 2}>> * \
+!ttg.memdesc<32x128xbf16, #shared, #smem, mutable> -> tensor<64x128xf32, #mma> loc(#loc245)
+"""
+
+
+def test_dot_work_counts_rows_that_a_second_warpgroup_computes_again():
+    from bench.compile_report import dot_work  # imports Triton's compiler: here, not at the top
+
+    executed, useful = dot_work(DKDV_M32_N64_W8_TTGIR)
+    # S^T: 8 warps cover 128 rows of a 64-row tile, twice its work; dV: exactly its tile.
+    assert useful == 64 * 32 * 128 + 64 * 128 * 32
+    assert executed == 2 * 64 * 32 * 128 + 64 * 128 * 32
+    fma = ("#blocked1 = #ttg.blocked<{sizePerThread = [2, 2], threadsPerWarp = [4, 8], "
+           "warpsPerCTA = [4, 1], order = [1, 0]}>\n"
+           "  %d = tt.dot %a, %b, %c : tensor<16x128xf32, #ttg.dot_op<{opIdx = 0, parent = "
+           "#blocked1}>> * tensor<128x16xf32, #ttg.dot_op<{opIdx = 1, parent = #blocked1}>> -> "
+           "tensor<16x16xf32, #blocked1>\n")
+    # An FMA dot on a layout covering 32 x 16: the 16-row tile is computed twice.
+    assert dot_work(fma) == (2 * 16 * 16 * 128, 16 * 16 * 128)
 
 
 @pytest.mark.cuda
