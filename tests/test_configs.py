@@ -68,9 +68,11 @@ def test_fixed_tile_launch_moves_past_tiles_the_device_cannot_fit(monkeypatch):
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_every_candidate_tile_compiles_for_hopper_without_spills(dtype):
     """CI has no GPU: compile every D=64 and D=128 candidate tile (causal, the launchers' real
-    arguments) for sm_90a down to SASS. Each must be spill-free. Half-precision tiles must use
-    warpgroup MMAs, except the small fallback tile, whose 32-row dots are below the warpgroup
-    MMA's 64; float32 runs IEEE dots, which never do."""
+    arguments) for sm_90a down to SASS. Each must be spill-free and compute no dot twice (MMA x,
+    executed over useful multiply-adds, 1.00: no warps repeating rows another warpgroup
+    computes). Half-precision tiles must use warpgroup MMAs, except the small fallback tile,
+    whose 32-row dots are below the warpgroup MMA's 64; float32 runs IEEE dots, which never
+    do."""
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, "-m", "bench.compile_report", "--head-dims", "64", "128", "--causal",
@@ -81,10 +83,11 @@ def test_every_candidate_tile_compiles_for_hopper_without_spills(dtype):
             if line.startswith("| ") and not line.startswith("| kernel")]
     tables = configs.FP32_TILES if dtype == "fp32" else configs.TILES
     assert len(rows) == sum(len(tables[kind][d]) for kind in tables for d in (64, 128))
-    for kernel, head_dim, _, config, _regs, spill, _smem, hgmma, _mma_x, note in rows:
+    for kernel, head_dim, _, config, _regs, spill, _smem, hgmma, mma_x, note in rows:
         where = f"{kernel} D={head_dim.strip()} {config.strip()}"
         assert note.strip() == "", f"{where}: {note.strip()}"
         assert int(spill) == 0, f"{where}: {spill.strip()} bytes of register spills"
+        assert mma_x.strip() == "1.00", f"{where}: computes {mma_x.strip()}x its dots' work"
         if dtype != "fp32" and config.strip() != "M32 N32 w4 s1":
             assert int(hgmma) > 0, f"{where}: no warpgroup MMA in the SASS"
 
