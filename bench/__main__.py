@@ -5,6 +5,9 @@ and plots. Without CUDA it runs a small correctness-only sweep on the Triton int
     python -m bench --quick              # a few shapes
     python -m bench --seqlens 4096 --head-dims 128 --providers sdpa-flash ours --modes fwd
     python -m bench --providers sdpa-flash ours --modes fwd+bwd --dropouts 0.0 0.1
+
+Without CUDA it refuses cases the interpreter would take hours over (see
+``bench.cases.INTERPRETER_MAX_WORK``), naming ``--quick``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.cases import DTYPES, MODES, sweep_cases
+from bench.cases import DTYPES, INTERPRETER_MAX_WORK, MODES, Case, sweep_cases
 from bench.measure import Row, Timing
 from bench.plots import plot_vs_seqlen
 from bench.providers import PROVIDER_NAMES, providers_named
@@ -124,6 +127,19 @@ def resolve_config(args: argparse.Namespace, on_cuda: bool) -> SweepConfig:
                                           for k, v in given.items()})
 
 
+def interpreter_refusal(cases: Sequence[Case]) -> str | None:
+    """Why a run without CUDA should not start (its largest case would keep the interpreter
+    busy for minutes to hours), or None."""
+    case = max(cases, key=lambda c: c.work, default=None)
+    if case is None or case.work <= INTERPRETER_MAX_WORK:
+        return None
+    return (f"No CUDA device: our kernels run on the Triton interpreter here, and "
+            f"{case.label()} is {case.work / INTERPRETER_MAX_WORK:.0f}x the work it takes "
+            f"(b*h*n*n*d <= {INTERPRETER_MAX_WORK}, e.g. b1 h2 n256 d32). Run "
+            f"`python -m bench --quick`, without size options, for the CPU smoke sweep, or "
+            f"pass smaller --seqlens, --head-dims, --tokens or --hidden.")
+
+
 def write_results(rows: list[Row], header: list[str], plot_title: str, out: Path) -> None:
     """results.csv, results.md, tflops.png and memory.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +157,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = resolve_config(args, device.type == "cuda")
+    cases = list(sweep_cases(
+        tokens=config.tokens, hidden=config.hidden, seqlens=config.seqlens,
+        head_dims=config.head_dims, causals=config.causal,
+        dtypes=[DTYPES[name] for name in config.dtypes], dropouts=config.dropouts,
+        device=device,
+    ))
+    if device.type != "cuda" and (refusal := interpreter_refusal(cases)):
+        raise SystemExit(refusal)
     out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     header = environment_header(device, "attention-ops benchmark")
     plot_title = device_name(device)
@@ -149,12 +173,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
         print(f"No CUDA device. {CPU_SMOKE_LABEL}.")
 
     torch.manual_seed(0)
-    cases = list(sweep_cases(
-        tokens=config.tokens, hidden=config.hidden, seqlens=config.seqlens,
-        head_dims=config.head_dims, causals=config.causal,
-        dtypes=[DTYPES[name] for name in config.dtypes], dropouts=config.dropouts,
-        device=device,
-    ))
     rows = run_sweep(cases, providers_named(list(config.providers)), config.modes,
                      Timing(config.warmup_ms, config.rep_ms))
     rows.sort(key=lambda r: (MODES.index(r.mode), r.d, not r.causal, r.dtype, r.p, r.n))

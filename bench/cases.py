@@ -14,6 +14,18 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
+# Without CUDA our kernels run on Triton's interpreter, one program at a time on numpy: about
+# 30 s per GFLOP of fwd+bwd, roughly (n / 32)**2 tile pairs per head. Cases up to this much
+# attention work (b * h * n * n * d; b1 h2 n256 d32) finish in seconds; GPU-sized ones would
+# take hours.
+INTERPRETER_MAX_WORK = 2**22
+
+
+def attention_work(b: int, h: int, n: int, d: int) -> int:
+    """b * h * n * n * d: the size measure INTERPRETER_MAX_WORK caps."""
+    return b * h * n * n * d
+
+
 # FLOPs of each mode in units of the forward's: the backward does 2.5x the forward's matmul
 # work (five L x L x D products against two), fwd+bwd the sum.
 MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
@@ -37,6 +49,11 @@ class Case:
     def dtype_name(self) -> str:
         """``bf16`` for ``torch.bfloat16`` (the names of ``DTYPES``)."""
         return DTYPE_NAMES[self.dtype]
+
+    @property
+    def work(self) -> int:
+        """b * h * n * n * d (see ``INTERPRETER_MAX_WORK``)."""
+        return attention_work(self.b, self.h, self.n, self.d)
 
     def flops(self, mode: str) -> float:
         """Matmul FLOPs of ``mode``: fwd = 4*b*h*n*n*d, halved when causal; see MODE_FLOP_FACTOR."""

@@ -3,7 +3,8 @@
 Trains ``bench.gpt.GPT`` (12 layers, width 768, 12 heads; context 1024 and 4096) on random
 tokens with AdamW, bf16 autocast on CUDA, and reports per context and attention: median step
 time, tokens/s, peak memory and the loss. ``--tiny`` is a CPU-sized smoke run (2 layers,
-width 32, context 32, a few fp32 steps; the Triton kernels run on the interpreter).
+width 32, context 32, a few fp32 steps; the Triton kernels run on the interpreter). Without
+CUDA only ``--tiny`` runs, at contexts the interpreter finishes in seconds.
 
     python -m bench.train_gpt
     python -m bench.train_gpt --tiny
@@ -18,13 +19,15 @@ import datetime
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from bench.cases import INTERPRETER_MAX_WORK, attention_work
 from bench.gpt import ATTENTIONS, GPT
 from bench.measure import error_status
 from bench.report import CPU_SMOKE_LABEL, environment_header, markdown_table, write_csv
@@ -66,15 +69,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(attention: str, context: int, config: TrainConfig, device: torch.device) -> dict:
+def batch_size(config: TrainConfig, context: int) -> int:
+    """Sequences per step: tokens_per_step // context, at least one."""
+    return max(1, config.tokens_per_step // context)
+
+
+def train(attention: str, context: int, config: TrainConfig, device: torch.device,
+          on_step: Callable[[], object] = lambda: None) -> dict:
     """Train a freshly initialised GPT (seed 0, so every attention starts from the same
-    weights) on fixed random tokens; return the measurements of the timed steps.
+    weights) on fixed random tokens; return the measurements of the timed steps. ``on_step``
+    is called after every step, warm-up included.
 
     peak_mib is the whole step's peak (weights, gradients, AdamW state, activations); on the
     CPU it is NaN.
     """
     torch.manual_seed(0)
-    batch = max(1, config.tokens_per_step // context)
+    batch = batch_size(config, context)
     model = GPT(config.vocab_size, context, config.d_model, config.n_layers, config.n_heads,
                 config.dropout, attention=attention).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
@@ -90,7 +100,9 @@ def train(attention: str, context: int, config: TrainConfig, device: torch.devic
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        loss = loss.item()
+        on_step()
+        return loss
 
     losses = [step() for _ in range(config.warmup_steps)]
     if device.type == "cuda":
@@ -115,20 +127,26 @@ def train(attention: str, context: int, config: TrainConfig, device: torch.devic
 
 
 def run(config: TrainConfig, attentions: Sequence[str], device: torch.device) -> list[dict]:
-    """One record per (context, attention); an OOM or other failure becomes its status."""
+    """One record per (context, attention); an OOM or other failure becomes its status. A
+    progress bar (stderr) counts the training steps."""
     records = []
+    steps_per_run = config.warmup_steps + config.steps
+    bar = tqdm(total=len(config.contexts) * len(attentions) * steps_per_run, unit="step")
     for context in config.contexts:
         for attention in attentions:
+            bar.set_postfix_str(f"{attention} context {context}")
+            run_end = bar.n + steps_per_run
             record = {"attention": attention, "context": context, "batch": math.nan,
                       "status": "ok", "step_ms": math.nan, "tokens_per_s": math.nan,
                       "speedup_vs_eager": math.nan, "peak_mib": math.nan,
                       "first_loss": math.nan, "last_loss": math.nan}
             try:
-                record.update(train(attention, context, config, device))
+                record.update(train(attention, context, config, device, on_step=bar.update))
             except torch.cuda.OutOfMemoryError:
                 record["status"] = "OOM"
             except Exception as exc:  # a failing attention is a result, not a crash
                 record["status"] = error_status(exc)
+            bar.update(run_end - bar.n)  # the steps a failed run did not take
             records.append(record)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -137,7 +155,30 @@ def run(config: TrainConfig, attentions: Sequence[str], device: torch.device) ->
         for r in records:
             if r["context"] == context and eager:
                 r["speedup_vs_eager"] = r["tokens_per_s"] / eager[0]
+    bar.close()
     return records
+
+
+def interpreter_refusal(config: TrainConfig, tiny: bool) -> str | None:
+    """Why a run without CUDA should not start, or None: only ``--tiny`` runs there, at
+    contexts whose attention the interpreter finishes in seconds."""
+    if not tiny:
+        return ("No CUDA device: GPT-small (12 layers, width 768, contexts 1024 and 4096) would "
+                "train for hours on the CPU, its Triton attention on the interpreter. Run "
+                "`python -m bench.train_gpt --tiny` for the CPU smoke run.")
+
+    def fits(context: int) -> bool:
+        return attention_work(batch_size(config, context), config.n_heads, context,
+                              config.d_model // config.n_heads) <= INTERPRETER_MAX_WORK
+
+    too_long = [c for c in config.contexts if not fits(c)]
+    if too_long:
+        longest = max(2**i for i in range(4, 16) if fits(2**i))
+        return (f"No CUDA device: --tiny at context {max(too_long)} is too long for the Triton "
+                f"interpreter (b*h*n*n*d <= {INTERPRETER_MAX_WORK}: contexts up to {longest}). "
+                f"Run `python -m bench.train_gpt --tiny` without --contexts for the CPU smoke "
+                f"run.")
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -159,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.steps:
         config = dataclasses.replace(config, steps=args.steps)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and (refusal := interpreter_refusal(config, args.tiny)):
+        raise SystemExit(refusal)
     out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("train-gpt-%Y%m%d-%H%M%S")
 
     header = environment_header(device, "GPT training benchmark")

@@ -1,7 +1,8 @@
 """The benchmarks run end to end at tiny size (on the CPU: the Triton interpreter), so the
 bench code cannot rot unnoticed: files written, our kernel's errors small, every provider
-listed, dropout swept, the GPT training loop running with every attention; every command
-spells dtypes alike; the compile report shows progress."""
+listed, dropout swept, the GPT training loop running with every attention. Without CUDA the
+commands refuse GPU-sized runs up front, naming the flag for a CPU-sized one; they show
+progress; they spell dtypes alike."""
 
 import csv
 import math
@@ -89,7 +90,9 @@ def test_sweep_with_dropout_runs_ours_at_each_p_and_reports_no_errors_for_p_abov
 
 
 def test_train_gpt_tiny_runs_every_attention_from_the_same_start(tmp_path):
-    run_module("bench.train_gpt", "--tiny", "--out", str(tmp_path))
+    done = run_module("bench.train_gpt", "--tiny", "--out", str(tmp_path))
+    # A progress bar on stderr counts the steps: (1 warm-up + 2 timed) x 3 attentions.
+    assert "9/9" in done.stderr and "step" in done.stderr
     rows = {r["attention"]: r for r in read_csv(tmp_path / "results.csv")}
     assert set(rows) == {"eager", "triton", "sdpa"}
     assert all(r["status"] == "ok" for r in rows.values()), rows
@@ -111,6 +114,27 @@ def test_sweep_rows_and_every_cli_spell_dtypes_bf16_fp16_fp32(sweep, capsys):
         with pytest.raises(SystemExit):
             cli()
         assert "(choose from 'bf16', 'fp16', 'fp32')" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(ON_CUDA, reason="the interpreter's size limit applies without CUDA")
+def test_sweep_refuses_gpu_sized_lengths_without_cuda_and_names_quick(tmp_path):
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit, match="python -m bench --quick") as refusal:
+        main(["--seqlens", "4096", "--head-dims", "128", "--out", str(tmp_path / "out")])
+    assert "n4096 d128" in str(refusal.value)
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.skipif(ON_CUDA, reason="the refusal is for machines without CUDA")
+def test_train_gpt_without_cuda_refuses_all_but_a_short_tiny_run(tmp_path):
+    from bench.train_gpt import main
+
+    with pytest.raises(SystemExit, match="python -m bench.train_gpt --tiny"):
+        main(["--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="contexts up to 256"):
+        main(["--tiny", "--contexts", "1024", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
 
 
 def test_compile_report_shows_progress_while_it_prints_rows(monkeypatch, capsys):
