@@ -18,8 +18,10 @@ setup(
     extras_require={
         # numpy: the Triton interpreter (TRITON_INTERPRET=1) runs kernels on it.
         # kernels: Hugging Face's distribution of that import name, installed beside ours
-        # to test that both import.
-        "test": ["pytest", "pytest-benchmark", "numpy", "transformers", "kernels"],
+        # to test that both import. pytest-xdist: bench/gpu_session.sh runs the suite on
+        # eight workers (`pytest -n 8`).
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "numpy", "transformers",
+                 "kernels"],
         "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
     },
 )

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# On a lent GPU machine, from the repository root (the machine's own torch/triton stay):
+# On a lent GPU machine, from the repository root (the machine's own torch/triton stay; the
+# tests stage needs the "test" extra, pytest-xdist included: pip install -e ".[test,bench]"):
 #     bash bench/gpu_session.sh tests    # `-m cuda` tests, then the rest of the suite on CUDA
 #     bash bench/gpu_session.sh bench    # comparison sweep, a short TFLOP/s table last
 #     bash bench/gpu_session.sh dropout  # dropout 0.1 vs 0 and the SDPA backends with dropout
@@ -19,9 +20,16 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if [ "$stage" = tests ]; then
     python3 -m pytest tests -m cuda -q 2>&1 | tee "$out/cuda-tests.log" | tail -n 5
     cuda_status=${PIPESTATUS[0]}
-    # Eight workers (pytest-xdist is on the device image) compile the kernels in parallel; the
-    # bench smoke tests are left out, since the bench stages run the benchmark itself.
-    python3 -m pytest tests -q -n 8 -m "not cuda" --deselect tests/test_bench_smoke.py 2>&1 \
+    # Eight workers (pytest-xdist, from the "test" extra) compile the kernels in parallel;
+    # without it the suite runs on one. The bench smoke tests are left out, since the bench
+    # stages run the benchmark itself.
+    workers="-n 8"
+    if ! python3 -c "import xdist" 2>/dev/null; then
+        echo "pytest-xdist missing (pip install -e \".[test]\"): one worker" >&2
+        workers=""
+    fi
+    # shellcheck disable=SC2086  # $workers is "-n 8" or nothing
+    python3 -m pytest tests -q $workers -m "not cuda" --deselect tests/test_bench_smoke.py 2>&1 \
         | tee "$out/other-tests.log" | tail -n 3
     other_status=${PIPESTATUS[0]}
     exit $(( cuda_status != 0 || other_status != 0 ))
