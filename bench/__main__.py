@@ -5,6 +5,7 @@ and plots. Without CUDA it runs a small correctness-only sweep on the Triton int
     python -m bench --quick              # a few shapes
     python -m bench --seqlens 4096 --head-dims 128 --providers sdpa-flash ours --modes fwd
     python -m bench --providers sdpa-flash ours --modes fwd+bwd --dropouts 0.0 0.1
+    python -m bench --seqlens 8192 16384 --windows 4096 --softcaps 50   # sliding window, softcap
 
 Without CUDA it refuses cases the interpreter would take hours over (see
 ``bench.cases.INTERPRETER_MAX_WORK``), naming ``--quick``.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.cases import DTYPES, INTERPRETER_MAX_WORK, MODES, Case, sweep_cases
-from bench.measure import Row, Timing
+from bench.measure import Timing
 from bench.plots import plot_vs_seqlen
 from bench.providers import PROVIDER_NAMES, providers_named
 from bench.report import (
@@ -32,21 +34,24 @@ from bench.report import (
     markdown_table,
     write_csv,
 )
-from bench.sweep import run_sweep
+from bench.sweep import SweepRow, run_sweep
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 COLUMNS = {
     "provider": "provider", "mode": "mode", "b": "b", "h": "h", "n": "n", "d": "d",
-    "causal": "causal", "dtype": "dtype", "p": "p", "status": "status", "ms": "ms (median)",
-    "tflops": "TFLOP/s", "peak_mib": "peak MiB", "speedup_vs_eager": "x eager",
-    "speedup_vs_best_other": "x best other", "max_err": "max err", "rel_err": "rel err",
+    "causal": "causal", "window": "window", "softcap": "softcap", "dtype": "dtype", "p": "p",
+    "status": "status", "ms": "ms (median)", "tflops": "TFLOP/s", "peak_mib": "peak MiB",
+    "speedup_vs_eager": "x eager", "speedup_vs_best_other": "x best other", "max_err": "max err",
+    "rel_err": "rel err",
 }
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What to sweep: b*n = tokens and h*d = hidden for every (n, d)."""
+    """What to sweep: b*n = tokens and h*d = hidden for every (n, d), plus the sliding-window
+    and softcap cases of ``windows`` and ``softcaps`` at every shape, or with
+    ``variants_everywhere`` False at the largest causal one only (see ``sweep_cases``)."""
 
     tokens: int
     hidden: int
@@ -59,6 +64,9 @@ class SweepConfig:
     providers: tuple[str, ...]
     warmup_ms: float
     rep_ms: float
+    windows: tuple[int, ...] = ()
+    softcaps: tuple[float, ...] = ()
+    variants_everywhere: bool = True
 
 
 GPU_FULL = SweepConfig(
@@ -66,14 +74,18 @@ GPU_FULL = SweepConfig(
     causal=(True, False), dtypes=("bf16",), dropouts=(0.0,), modes=MODES,
     providers=PROVIDER_NAMES, warmup_ms=25, rep_ms=100,
 )
-GPU_QUICK = dataclasses.replace(GPU_FULL, seqlens=(1024, 4096), causal=(True,))
+# Quick: one sliding-window case (a quarter of the longest length) and one softcap case
+# (Gemma 2's 50), both at the largest causal shape (n4096 d128).
+GPU_QUICK = dataclasses.replace(GPU_FULL, seqlens=(1024, 4096), causal=(True,), windows=(1024,),
+                                softcaps=(50.0,), variants_everywhere=False)
 # Interpreter-sized: b=1, h=2, d=32. bf16 is left out to keep the smoke run short (the CPU
 # tests cover it). rep_ms=0 times each row once.
 CPU_FULL = dataclasses.replace(
     GPU_FULL, tokens=64, hidden=64, seqlens=(64, 128), head_dims=(32,),
     dtypes=("fp32", "fp16"), warmup_ms=0, rep_ms=0,
 )
-CPU_QUICK = dataclasses.replace(CPU_FULL, seqlens=(64,))
+CPU_QUICK = dataclasses.replace(CPU_FULL, seqlens=(64,), windows=(16,), softcaps=(50.0,),
+                                variants_everywhere=False)
 
 
 def _bool(text: str) -> bool:
@@ -87,6 +99,32 @@ def _probability(text: str) -> float:
     if not 0.0 <= p < 1.0:
         raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
     return p
+
+
+def _window(text: str) -> int | None:
+    """A sliding window W >= 0; 0 and "none" mean no window."""
+    if text.lower() == "none":
+        return None
+    try:
+        window = int(text)
+    except ValueError:
+        window = -1
+    if window < 0:
+        raise argparse.ArgumentTypeError(f"expected a window of W >= 0 keys or none, got {text!r}")
+    return window or None
+
+
+def _softcap(text: str) -> float | None:
+    """A softcap c > 0; "none" means no softcap."""
+    if text.lower() == "none":
+        return None
+    try:
+        cap = float(text)
+    except ValueError:
+        cap = math.nan
+    if not (cap > 0 and math.isfinite(cap)):
+        raise argparse.ArgumentTypeError(f"expected a softcap c > 0 or none, got {text!r}")
+    return cap
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -109,22 +147,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="input dtypes (GPU default bf16)")
     p.add_argument("--dropouts", type=_probability, nargs="+", metavar="P",
                    help="dropout probabilities on the attention weights (default 0.0)")
+    p.add_argument("--windows", type=_window, nargs="+", metavar="W",
+                   help="add causal sliding-window cases, query i seeing keys i-W..i (0 or "
+                        "none: no window; default none; --quick: 1024, CPU 16)")
+    p.add_argument("--softcaps", type=_softcap, nargs="+", metavar="C",
+                   help="add softcap cases, scores c*tanh(s/c) (none: no softcap; default none; "
+                        "--quick: 50)")
     p.add_argument("--modes", nargs="+", choices=MODES)
     p.add_argument("--providers", nargs="+", choices=PROVIDER_NAMES, metavar="PROVIDER",
                    help=f"any of {', '.join(PROVIDER_NAMES)} (default all)")
     p.add_argument("--warmup-ms", type=float, help="do_bench warm-up budget (default 25)")
     p.add_argument("--rep-ms", type=float, help="do_bench repetition budget (default 100)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("windows", "softcaps"):  # "none" alone: the sweep's plain cases only
+        if getattr(args, name) is not None:
+            setattr(args, name, [v for v in dict.fromkeys(getattr(args, name)) if v is not None])
+    return args
 
 
 def resolve_config(args: argparse.Namespace, on_cuda: bool) -> SweepConfig:
     """The preset for this machine and ``--quick``, with the options given on top."""
     preset = {(True, False): GPU_FULL, (True, True): GPU_QUICK,
               (False, False): CPU_FULL, (False, True): CPU_QUICK}[(on_cuda, args.quick)]
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)
-             if getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(SweepConfig)
+             if getattr(args, f.name, None) is not None}
     return dataclasses.replace(preset, **{k: tuple(v) if isinstance(v, list) else v
                                           for k, v in given.items()})
+
+
+def config_cases(config: SweepConfig, device: torch.device) -> list[Case]:
+    """The cases ``config`` sweeps on ``device``."""
+    return list(sweep_cases(
+        tokens=config.tokens, hidden=config.hidden, seqlens=config.seqlens,
+        head_dims=config.head_dims, causals=config.causal,
+        dtypes=[DTYPES[name] for name in config.dtypes], dropouts=config.dropouts,
+        device=device, windows=config.windows, softcaps=config.softcaps,
+        variants_everywhere=config.variants_everywhere,
+    ))
 
 
 def interpreter_refusal(cases: Sequence[Case]) -> str | None:
@@ -140,10 +199,21 @@ def interpreter_refusal(cases: Sequence[Case]) -> str | None:
             f"pass smaller --seqlens, --head-dims, --tokens or --hidden.")
 
 
-def write_results(rows: list[Row], header: list[str], plot_title: str, out: Path) -> None:
+def unused_windows(cases: Sequence[Case], windows: Sequence[int]) -> list[int]:
+    """The windows no case got: each hides nothing at the sweep's causal lengths
+    (n <= W + 1), or the sweep has no causal case."""
+    return [w for w in windows if not any(c.window == w for c in cases)]
+
+
+def as_records(rows: Sequence[SweepRow]) -> list[dict[str, object]]:
+    """The rows as dicts, their fields in the order of COLUMNS."""
+    return [{field: getattr(r, field) for field in COLUMNS} for r in rows]
+
+
+def write_results(rows: list[SweepRow], header: list[str], plot_title: str, out: Path) -> None:
     """results.csv, results.md, tflops.png and memory.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    records = [dataclasses.asdict(r) for r in rows]
+    records = as_records(rows)
     write_csv(records, out / "results.csv")
     table = markdown_table(records, COLUMNS)
     notes = ["", "Columns and FLOP formulas: bench/README.md.", ""]
@@ -157,14 +227,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = resolve_config(args, device.type == "cuda")
-    cases = list(sweep_cases(
-        tokens=config.tokens, hidden=config.hidden, seqlens=config.seqlens,
-        head_dims=config.head_dims, causals=config.causal,
-        dtypes=[DTYPES[name] for name in config.dtypes], dropouts=config.dropouts,
-        device=device,
-    ))
+    cases = config_cases(config, device)
     if device.type != "cuda" and (refusal := interpreter_refusal(cases)):
         raise SystemExit(refusal)
+    if skipped := unused_windows(cases, config.windows):
+        print(f"No case for window {', '.join(map(str, skipped))}: a window W hides keys only "
+              f"from causal rows of n > W + 1 (lengths here: "
+              f"{', '.join(str(n) for n in config.seqlens)}).")
     out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     header = environment_header(device, "attention-ops benchmark")
     plot_title = device_name(device)
@@ -175,10 +244,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     torch.manual_seed(0)
     rows = run_sweep(cases, providers_named(list(config.providers)), config.modes,
                      Timing(config.warmup_ms, config.rep_ms))
-    rows.sort(key=lambda r: (MODES.index(r.mode), r.d, not r.causal, r.dtype, r.p, r.n))
+    rows.sort(key=lambda r: (MODES.index(r.mode), r.d, not r.causal, r.window is not None,
+                             r.window or 0, r.softcap is not None, r.softcap or 0, r.dtype, r.p,
+                             r.n))
     write_results(rows, header, plot_title, out)
-    print("\n".join(header + [""] + markdown_table([dataclasses.asdict(r) for r in rows],
-                                                   COLUMNS)))
+    print("\n".join(header + [""] + markdown_table(as_records(rows), COLUMNS)))
     print(f"\nresults: {out}")
     return out
 

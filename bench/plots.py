@@ -1,4 +1,5 @@
-"""PNG plots of a sweep: one panel per (mode, head dim, causal), one line per provider."""
+"""PNG plots of a sweep: one panel per (mode, head dim, masking: causal or full, sliding
+window, softcap), one line per provider."""
 
 from __future__ import annotations
 
@@ -9,18 +10,34 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from bench.cases import MODES
-from bench.measure import Row
+from bench.sweep import SweepRow
 
 
-def plot_vs_seqlen(rows: Sequence[Row], metric: str, ylabel: str, title: str, path: Path
+def _panel(row: SweepRow) -> tuple:
+    return (row.mode, row.d, row.causal, row.window, row.softcap)
+
+
+def _panel_order(panel: tuple) -> tuple:
+    mode, d, causal, window, softcap = panel
+    return (MODES.index(mode), d, not causal, window is not None, window or 0,
+            softcap is not None, softcap or 0)
+
+
+def _panel_title(panel: tuple) -> str:
+    mode, d, causal, window, softcap = panel
+    title = f"{mode}, d={d}, {'causal' if causal else 'full'}"
+    title += "" if window is None else f", window {window}"
+    return title + ("" if softcap is None else f", softcap {softcap:g}")
+
+
+def plot_vs_seqlen(rows: Sequence[SweepRow], metric: str, ylabel: str, title: str, path: Path
                    ) -> None:
     """Plot ``metric`` (a Row field) against sequence length for every ok provider row.
 
     Lines are labelled by provider (and by dtype, by dropout probability when the sweep has
     several); a panel with no ok rows says so, so a CPU run still shows which panels exist.
     """
-    panels = sorted({(r.mode, r.d, r.causal) for r in rows},
-                    key=lambda p: (MODES.index(p[0]), p[1], not p[2]))
+    panels = sorted({_panel(r) for r in rows}, key=_panel_order)
     several_dtypes = len({r.dtype for r in rows}) > 1
     several_dropouts = len({r.p for r in rows}) > 1
     cols = min(3, len(panels))
@@ -29,13 +46,12 @@ def plot_vs_seqlen(rows: Sequence[Row], metric: str, ylabel: str, title: str, pa
     lengths = sorted({r.n for r in rows})
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    for ax, (mode, d, causal) in zip(axes, panels, strict=False):
-        ax.set(title=f"{mode}, d={d}, {'causal' if causal else 'full'}",
-               xlabel="sequence length", ylabel=ylabel)
+    for ax, panel in zip(axes, panels, strict=False):
+        ax.set(title=_panel_title(panel), xlabel="sequence length", ylabel=ylabel)
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.set_xlim(lengths[0] / 1.2, lengths[-1] * 1.2)
-        points = [r for r in rows if (r.mode, r.d, r.causal) == (mode, d, causal)
+        points = [r for r in rows if _panel(r) == panel
                   and r.status == "ok" and not math.isnan(getattr(r, metric))]
         lines = sorted({(r.provider, r.dtype, r.p) for r in points})
         for provider, dtype, p in lines:

@@ -2,7 +2,9 @@
 
 A provider says why it cannot run a case on this machine (``unavailable``) or builds the
 attention function for it (``build``): ``attention(q, k, v) -> out`` over (b, h, n, d) tensors,
-with the case's masking and dropout probability.
+with the case's masking, sliding window, softcap and dropout probability. Whatever a provider
+needs besides the inputs (an SDPA mask, a FlexAttention block mask) is built there, before
+any timing.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class Eager(Provider):
 
     def build(self, case: Case) -> AttentionFn:
         return functools.partial(reference.scaled_dot_product_attention, causal=case.causal,
-                                 dropout_p=case.dropout_p)
+                                 dropout_p=case.dropout_p, window=case.window_arg,
+                                 softcap=case.softcap)
 
 
 class Ours(Provider):
@@ -57,42 +60,65 @@ class Ours(Provider):
         return fused_path_problem(probe, probe, probe)
 
     def build(self, case: Case) -> AttentionFn:
-        return functools.partial(flash_attention, causal=case.causal, dropout_p=case.dropout_p)
+        return functools.partial(flash_attention, causal=case.causal, dropout_p=case.dropout_p,
+                                 window=case.window_arg, softcap=case.softcap)
 
 
 class Sdpa(Provider):
-    """``F.scaled_dot_product_attention`` pinned to one backend with ``sdpa_kernel``."""
+    """``F.scaled_dot_product_attention`` pinned to one backend with ``sdpa_kernel``.
 
-    def __init__(self, name: str, backend: SDPBackend):
-        self.name, self.backend = name, backend
+    SDPA has no softcap. A sliding window goes in as an explicit bool ``attn_mask`` (causal and
+    window together, ``is_causal`` off), built once per case; backends that take no mask
+    (``takes_mask`` False: the flash backend) cannot run windowed cases.
+    """
+
+    # The length of the probe's small problem (see _probe).
+    PROBE_N = 128
+
+    def __init__(self, name: str, backend: SDPBackend, *, takes_mask: bool = True):
+        self.name, self.backend, self.takes_mask = name, backend, takes_mask
 
     def unavailable(self, case: Case) -> str | None:
+        if case.softcap is not None:
+            return "no softcap in F.scaled_dot_product_attention"
+        if case.window is not None and not self.takes_mask:
+            return f"{self.name} takes no attn_mask, which a sliding window needs"
         if case.device.type != "cuda":
             return "no CUDA"
         return self._probe(case)
 
     def build(self, case: Case) -> AttentionFn:
+        return self._attention(case, case.n)
+
+    def _attention(self, case: Case, n: int) -> AttentionFn:
+        """The attention of ``case`` for length ``n`` (the case's, or the probe's)."""
+        mask = None
+        if case.window is not None:  # True where a query sees the key: causal and the window
+            mask = reference.visibility_mask(n, n, causal=True, window=case.window_arg,
+                                             device=case.device)
+
         def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             # The backward runs the kernel family the forward picked; no context needed there.
             with sdpa_kernel(self.backend):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=case.causal,
-                                                      dropout_p=case.dropout_p)
+                return F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, is_causal=case.causal and mask is None,
+                    dropout_p=case.dropout_p)
 
         return attention
 
     def _probe(self, case: Case) -> str | None:
-        """Run a small problem of the case's dtype, head dim, masking and dropout through the
-        backend.
+        """Run a small problem of the case's dtype, head dim, masking (the window's mask too)
+        and dropout through the backend.
 
         SDPA refuses unsupported inputs with "No available kernel" and explains why in
         warnings; those explanations become the reason.
         """
-        q = torch.randn(1, 1, 128, case.d, dtype=case.dtype, device=case.device,
+        q = torch.randn(1, 1, self.PROBE_N, case.d, dtype=case.dtype, device=case.device,
                         requires_grad=True)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                self.build(case)(q, q, q).sum().backward()
+                self._attention(case, self.PROBE_N)(q, q, q).sum().backward()
             except RuntimeError as exc:
                 reasons = [str(w.message) for w in caught] or [str(exc)]
                 return "; ".join(" ".join(r.split()) for r in reasons)
@@ -103,10 +129,44 @@ def _causal_mask_mod(b, h, q_idx, kv_idx):
     return q_idx >= kv_idx
 
 
+def _sliding_window_mask_mod(window: int):
+    """FlexAttention's mask_mod of a causal sliding window: i - window <= j <= i."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
+
+    return mask_mod
+
+
+def _softcap_score_mod(cap: float):
+    """FlexAttention's score_mod of a softcap: c * tanh(s / c)."""
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return cap * torch.tanh(score / cap)
+
+    return score_mod
+
+
+def flex_modifiers(case: Case) -> dict[str, object]:
+    """``flex_attention``'s keywords for ``case``: a ``block_mask`` for causal (with the sliding
+    window: i - W <= j <= i), so FlexAttention skips the blocks it hides, and a ``score_mod``
+    for the softcap. Empty for full attention without softcap."""
+    mods: dict[str, object] = {}
+    if case.causal:
+        mask_mod = (_causal_mask_mod if case.window is None
+                    else _sliding_window_mask_mod(case.window))
+        mods["block_mask"] = create_block_mask(mask_mod, None, None, case.n, case.n,
+                                               device=case.device)
+    if case.softcap is not None:
+        mods["score_mod"] = _softcap_score_mod(case.softcap)
+    return mods
+
+
 class Flex(Provider):
     """FlexAttention compiled with ``torch.compile`` (fullgraph, so it cannot fall back to
-    the unfused math silently), with a causal block mask from ``create_block_mask``. It has
-    no dropout."""
+    the unfused math silently), with a block mask from ``create_block_mask`` for causal and
+    the sliding window and a ``score_mod`` for the softcap (``flex_modifiers``). It has no
+    dropout."""
 
     name = "flex"
 
@@ -120,18 +180,13 @@ class Flex(Provider):
         # dynamo's recompile limit, after which it runs the uncompiled function.
         torch._dynamo.reset()
         compiled = torch.compile(flex_attention, fullgraph=True, dynamic=False)
-        block_mask = (
-            create_block_mask(_causal_mask_mod, None, None, case.n, case.n, device=case.device)
-            if case.causal
-            else None
-        )
-        return functools.partial(compiled, block_mask=block_mask)
+        return functools.partial(compiled, **flex_modifiers(case))
 
 
 PROVIDERS: tuple[Provider, ...] = (
     Eager(),
     Sdpa("sdpa-math", SDPBackend.MATH),
-    Sdpa("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+    Sdpa("sdpa-flash", SDPBackend.FLASH_ATTENTION, takes_mask=False),
     Sdpa("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
     Sdpa("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
     Flex(),

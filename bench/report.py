@@ -50,6 +50,8 @@ def write_csv(records: Sequence[Record], path: Path) -> None:
 
 
 def _cell(value: object) -> str:
+    if value is None:  # e.g. no window, no softcap
+        return ""
     if isinstance(value, float):
         if math.isnan(value):
             return ""
@@ -61,7 +63,8 @@ def _cell(value: object) -> str:
 
 
 def markdown_table(records: Sequence[Record], columns: Mapping[str, str]) -> list[str]:
-    """A markdown table of ``records`` with ``columns`` {field: heading}; NaN shows empty."""
+    """A markdown table of ``records`` with ``columns`` {field: heading}; NaN and None show
+    empty."""
     lines = ["| " + " | ".join(columns.values()) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r[field]) for field in columns) + " |" for r in records]

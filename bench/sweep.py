@@ -2,44 +2,83 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import torch
 from tqdm import tqdm
 
-from bench.accuracy import float64_reference
+from attention_ops import reference
+from bench.accuracy import CHUNK_BYTES, Expected
 from bench.cases import Case
 from bench.measure import Inputs, Row, Timing, error_status, measure
 from bench.providers import AttentionFn, Provider
 
 
+@dataclass
+class SweepRow(Row):
+    """A results row that also names the case's sliding window and softcap (None: none)."""
+
+    window: int | None = None
+    softcap: float | None = None
+
+    @classmethod
+    def for_case(cls, provider: str, mode: str, case: Case, status: str = "ok") -> SweepRow:
+        row = super().for_case(provider, mode, case, status)
+        row.window, row.softcap = case.window, case.softcap
+        return row
+
+    def problem(self) -> tuple:
+        """What rows of different providers share when they solve the same problem."""
+        return (self.b, self.h, self.n, self.d, self.causal, self.window, self.softcap,
+                self.dtype, self.p, self.mode)
+
+
 def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Sequence[str],
-              timing: Timing) -> list[Row]:
+              timing: Timing) -> list[SweepRow]:
     """One row per (case, provider, mode). All providers of a case share its random inputs
     and its float64 reference (none for a case with dropout: the providers' masks differ, so
     their errors against it would mean nothing); a provider that cannot run, or fails to build,
     still gets its rows, with the reason as status."""
-    rows: list[Row] = []
+    rows: list[SweepRow] = []
     bar = tqdm(total=len(cases) * len(providers) * len(modes), unit="row")
     for case in cases:
         x = Inputs.random(case)
-        expected = (float64_reference(x.q, x.k, x.v, x.dout, causal=case.causal)
-                    if case.dropout_p == 0 else None)
+        expected = float64_expected(case, x) if case.dropout_p == 0 else None
         for provider in providers:
             bar.set_postfix_str(f"{provider.name} {case.label()}")
             prepared = _prepare(provider, case)
             if isinstance(prepared, str):
-                rows += [Row.for_case(provider.name, m, case, prepared) for m in modes]
+                rows += [SweepRow.for_case(provider.name, m, case, prepared) for m in modes]
                 bar.update(len(modes))
                 continue
             for mode in modes:
-                rows.append(measure(Row.for_case(provider.name, mode, case), prepared, case, x,
-                                    expected, timing))
+                rows.append(measure(SweepRow.for_case(provider.name, mode, case), prepared, case,
+                                    x, expected, timing))
                 bar.update()
     bar.close()
     add_speedups(rows)
     return rows
+
+
+def float64_expected(case: Case, x: Inputs) -> Expected:
+    """``reference.scaled_dot_product_attention(..., compute_dtype=torch.float64)`` with the
+    case's masking, window and softcap, and its gradients for ``x.dout``, computed in head
+    chunks of at most ``CHUNK_BYTES`` of scores."""
+    b, h, n, _ = x.q.shape
+    heads = max(1, CHUNK_BYTES // (b * n * n * 8))
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, h, heads):
+        sl = slice(start, start + heads)
+        q, k, v = (t[:, sl].detach().to(torch.float64).requires_grad_()
+                   for t in (x.q, x.k, x.v))
+        out = reference.scaled_dot_product_attention(
+            q, k, v, causal=case.causal, window=case.window_arg, softcap=case.softcap,
+            compute_dtype=torch.float64)
+        grads = torch.autograd.grad(out, (q, k, v), x.dout[:, sl].to(torch.float64))
+        parts.append((out.detach(), *grads))
+    return Expected(*(torch.cat(tensors, dim=1) for tensors in zip(*parts, strict=True)))
 
 
 def _prepare(provider: Provider, case: Case) -> AttentionFn | str:
@@ -51,15 +90,14 @@ def _prepare(provider: Provider, case: Case) -> AttentionFn | str:
         return error_status(exc)
 
 
-def add_speedups(rows: list[Row]) -> None:
+def add_speedups(rows: list[SweepRow]) -> None:
     """Set each ok row's speedup over eager and over the fastest other ok provider of the same
-    case and mode (time of the other / own time; NaN when there is none)."""
-    def key(row: Row) -> tuple:
-        return (row.b, row.h, row.n, row.d, row.causal, row.dtype, row.p, row.mode)
-
-    ok = sorted((r for r in rows if r.status == "ok"), key=key)
-    for _, same_problem in itertools.groupby(ok, key=key):
-        group = list(same_problem)
+    problem (case and mode; time of the other / own time; NaN when there is none)."""
+    problems: dict[tuple, list[SweepRow]] = {}
+    for row in rows:
+        if row.status == "ok":
+            problems.setdefault(row.problem(), []).append(row)
+    for group in problems.values():
         eager_ms = next((r.ms for r in group if r.provider == "eager"), math.nan)
         for row in group:
             others = [r.ms for r in group if r.provider != row.provider]

@@ -1,8 +1,8 @@
 """The benchmarks run end to end at tiny size (on the CPU: the Triton interpreter), so the
 bench code cannot rot unnoticed: files written, our kernel's errors small, every provider
-listed, dropout swept, the GPT training loop running with every attention. Without CUDA the
-commands refuse GPU-sized runs up front, naming the flag for a CPU-sized one; they show
-progress; they spell dtypes alike."""
+listed, dropout, sliding windows and softcaps swept, the GPT training loop running with every
+attention. Without CUDA the commands refuse GPU-sized runs up front, naming the flag for a
+CPU-sized one; they show progress; they spell dtypes alike."""
 
 import csv
 import math
@@ -87,6 +87,152 @@ def test_sweep_with_dropout_runs_ours_at_each_p_and_reports_no_errors_for_p_abov
     assert math.isnan(float(rows["ours", 0.1]["max_err"]))
     assert math.isnan(float(rows["ours", 0.1]["rel_err"]))
     assert rows["flex", 0.1]["status"] == "unavailable: no dropout in FlexAttention"
+
+
+def test_quick_sweep_has_one_window_and_one_softcap_case_and_fits_the_interpreter():
+    from bench.__main__ import config_cases, interpreter_refusal, parse_args, resolve_config
+
+    for on_cuda in (False, True):
+        cases = config_cases(resolve_config(parse_args(["--quick"]), on_cuda),
+                             torch.device("cpu"))
+        windowed = [c for c in cases if c.window is not None]
+        capped = [c for c in cases if c.softcap is not None]
+        assert len(windowed) == len(capped) == 1
+        assert windowed[0].causal and windowed[0].window < windowed[0].n - 1
+        assert windowed[0].softcap is None and capped[0].window is None
+    cpu_cases = config_cases(resolve_config(parse_args(["--quick"]), False), torch.device("cpu"))
+    assert interpreter_refusal(cpu_cases) is None
+    assert {c.label() for c in cpu_cases if c.window or c.softcap} == {
+        "b1 h2 n64 d32 causal window 16 fp32", "b1 h2 n64 d32 causal softcap 50 fp32"}
+    # On a GPU: at n4096 d128, the largest causal shape.
+    gpu_cases = config_cases(resolve_config(parse_args(["--quick"]), True), torch.device("cpu"))
+    assert {c.label() for c in gpu_cases if c.window or c.softcap} == {
+        "b4 h16 n4096 d128 causal window 1024 bf16", "b4 h16 n4096 d128 causal softcap 50 bf16"}
+
+
+def test_quick_sweep_runs_ours_and_eager_with_a_window_and_a_softcap(sweep):
+    rows = read_csv(sweep[0] / "results.csv")
+    variants = [r for r in rows if r["window"] or r["softcap"]]
+    # On a GPU the preset's window, 1024, hides nothing at the fixture's n = 64.
+    expected = {("", "50.0")} if ON_CUDA else {("16", ""), ("", "50.0")}
+    assert {(r["window"], r["softcap"]) for r in variants} == expected
+    for r in variants:
+        if r["provider"] in ("ours", "eager"):
+            assert r["status"] == "ok" and float(r["rel_err"]) < 1e-2, r
+
+
+def test_windows_and_softcaps_add_cases_labelled_and_run_by_ours_and_eager(tmp_path, capsys):
+    from bench.__main__ import main
+
+    main(["--out", str(tmp_path), "--tokens", "32", "--hidden", "16", "--seqlens", "32",
+          "--head-dims", "16", "--dtypes", "fp32", "--causal", "true", "--modes", "fwd",
+          "--providers", "eager", "ours", "sdpa-math", "sdpa-flash", "flex",
+          "--windows", "none", "8", "40", "--softcaps", "20"])
+    done = capsys.readouterr()
+    rows = read_csv(tmp_path / "results.csv")
+    status = {(r["provider"], (r["window"], r["softcap"])): r["status"] for r in rows}
+    plain, window, softcap = ("", ""), ("8", ""), ("", "20.0")
+    assert set(status) == {(p, v) for p in ("eager", "ours", "sdpa-math", "sdpa-flash", "flex")
+                           for v in (plain, window, softcap)}
+    for r in rows:
+        if r["provider"] in ("eager", "ours"):
+            assert r["status"] == "ok" and float(r["rel_err"]) < 1e-2, r
+    # The progress bar names each case; window 40 hides nothing at n = 32, and says so.
+    for label in ("n32 d16 causal fp32", "n32 d16 causal window 8 fp32",
+                  "n32 d16 causal softcap 20 fp32"):
+        assert f"ours b1 h1 {label}" in done.err
+    assert "No case for window 40" in done.out
+    if not ON_CUDA:
+        assert status["sdpa-math", softcap] == (
+            "unavailable: no softcap in F.scaled_dot_product_attention")
+        assert "attn_mask" in status["sdpa-flash", window]
+        assert status["flex", softcap] == "unavailable: no CUDA"
+    table = (tmp_path / "results.md").read_text()
+    assert "| causal | window | softcap | dtype |" in table
+    assert "| True | 8 |  | fp32 |" in table and "| True |  | 20 | fp32 |" in table
+
+
+def test_windowed_flops_count_the_visible_pairs_of_a_brute_force_mask():
+    from attention_ops.reference import visibility_mask
+    from bench.cases import Case
+
+    def case(n, causal, window=None):
+        return Case(b=2, h=3, n=n, d=8, causal=causal, dtype=torch.float32, dropout_p=0.0,
+                    device=torch.device("cpu"), window=window)
+
+    for n in (1, 2, 7, 64, 100):
+        full = 4 * 2 * 3 * 8 * n * n
+        assert case(n, False).flops("fwd") == full
+        assert case(n, True).flops("fwd") == full / 2  # the documented convention: halved
+        for window in (0, 1, 5, 31, n - 2):
+            if window < 0:
+                continue
+            visible = visibility_mask(n, n, causal=True, window=(window, 0)).sum().item()
+            # Like causal's n*n/2, the diagonal's n pairs count half: visible - n/2 pairs.
+            expected = 4 * 2 * 3 * 8 * (visible - n / 2)
+            for mode, factor in (("fwd", 1.0), ("bwd", 2.5), ("fwd+bwd", 3.5)):
+                assert case(n, True, window).flops(mode) == expected * factor, (n, window)
+
+
+def test_sdpa_and_flex_report_a_softcap_or_a_maskless_window_unavailable_with_a_reason():
+    from bench.cases import Case
+    from bench.providers import providers_named
+
+    def case(**variant):
+        return Case(b=1, h=1, n=64, d=16, causal=True, dtype=torch.float32, dropout_p=0.0,
+                    device=torch.device("cpu"), **variant)
+
+    sdpa = providers_named(["sdpa-math", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn"])
+    for provider in sdpa:
+        assert provider.unavailable(case(softcap=30.0)) == (
+            "no softcap in F.scaled_dot_product_attention")
+    (flex,) = providers_named(["flex"])
+    assert flex.unavailable(case(softcap=30.0)) == "no CUDA"  # score_mod does softcap on a GPU
+    reasons = {p.name: p.unavailable(case(window=8)) for p in sdpa}
+    assert reasons["sdpa-flash"] == "sdpa-flash takes no attn_mask, which a sliding window needs"
+    if not ON_CUDA:
+        assert {reasons[name] for name in reasons if name != "sdpa-flash"} == {"no CUDA"}
+
+
+def test_sdpa_window_mask_and_flex_modifiers_compute_the_reference_attention():
+    """On the CPU: SDPA's math backend with the window mask, and FlexAttention's eager
+    forward with the block mask and score_mod, against the package's reference."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attention_ops import reference
+    from bench.cases import Case
+    from bench.providers import flex_modifiers, providers_named
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
+    for window, softcap in ((7, None), (None, 2.0), (7, 2.0), (None, None)):
+        case = Case(b=1, h=2, n=40, d=16, causal=True, dtype=torch.float32, dropout_p=0.0,
+                    device=torch.device("cpu"), window=window, softcap=softcap)
+        expected = reference.scaled_dot_product_attention(
+            q, k, v, causal=True, window=case.window_arg, softcap=softcap)
+        with warnings.catch_warnings():  # flex_attention warns that it is not compiled
+            warnings.simplefilter("ignore")
+            out = flex_attention(q, k, v, **flex_modifiers(case))
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        if softcap is None:
+            (sdpa_math,) = providers_named(["sdpa-math"])
+            torch.testing.assert_close(sdpa_math.build(case)(q, k, v), expected, atol=1e-5,
+                                       rtol=1e-5)
+
+
+def test_windows_and_softcaps_options_take_none_and_refuse_bad_values(capsys):
+    from bench.__main__ import parse_args
+
+    args = parse_args(["--windows", "none", "0", "16", "16", "--softcaps", "none", "50"])
+    assert (args.windows, args.softcaps) == ([16], [50.0])
+    assert parse_args(["--windows", "none"]).windows == []
+    for bad in (["--windows", "-1"], ["--windows", "x"], ["--softcaps", "0"],
+                ["--softcaps", "inf"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+        assert "expected a" in capsys.readouterr().err
 
 
 def test_train_gpt_tiny_runs_every_attention_from_the_same_start(tmp_path):
