@@ -1,15 +1,29 @@
 """The fused kernels as PyTorch custom ops, so torch.compile traces them without graph breaks.
 
-Each op allocates fresh outputs and calls one launch helper from ``kernels``. The fake
-(meta) implementations give torch.compile the output shapes without running anything.
-Dropout's seed is an input tensor, drawn by the caller, so the ops stay pure functions.
+Each op allocates fresh outputs and calls one launch helper from ``attention_ops.kernels``.
+The fake (meta) implementations give torch.compile the output shapes without running
+anything. Dropout's seed is an input tensor, drawn by the caller, so the ops stay pure
+functions. The score modifiers travel as plain arguments (custom ops take no objects) and
+become one ``ScoreMods`` here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from attention_ops.kernels import attention_backward, attention_forward
+from attention_ops.kernels import ScoreMods, attention_backward, attention_forward
+
+
+def _mods(attn_mask, alibi_slopes, sinks, causal, window_left, window_right, bottom_right,
+          softcap) -> ScoreMods:
+    window = None if window_left is None and window_right is None else (window_left,
+                                                                        window_right)
+    return ScoreMods(causal=causal, window=window, bottom_right=bottom_right, softcap=softcap,
+                     attn_mask=attn_mask, alibi_slopes=alibi_slopes, sinks=sinks)
+
+
+def _out_shape(q: torch.Tensor, v: torch.Tensor) -> tuple[int, ...]:
+    return (*q.shape[:3], v.shape[3])
 
 
 @torch.library.custom_op("attention_ops::flash_attention_fwd", mutates_args=())
@@ -19,23 +33,32 @@ def flash_attention_fwd(
     v: torch.Tensor,
     seed: torch.Tensor | None,
     attn_mask: torch.Tensor | None,
+    alibi_slopes: torch.Tensor | None,
+    sinks: torch.Tensor | None,
     scale: float,
     causal: bool,
     dropout_p: float,
+    window_left: int | None,
+    window_right: int | None,
+    bottom_right: bool,
+    softcap: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D), optional bool attn_mask expanded to
-    (B, Hq, Lq, Lk) -> out (B, Hq, Lq, D), lse (B, Hq, Lq) fp32 base-2 log-sum-exp."""
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    """q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), an optional bool or float
+    attn_mask expanded to (B, Hq, Lq, Lk) -> out (B, Hq, Lq, Dv), lse (B, Hq, Lq) fp32 base-2
+    log-sum-exp."""
+    out = torch.empty(_out_shape(q, v), dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     if out.numel() > 0:
-        attention_forward(q, k, v, out, lse, scale=scale, causal=causal, dropout_p=dropout_p,
-                          seed=seed, attn_mask=attn_mask)
+        attention_forward(q, k, v, out, lse, scale=scale, dropout_p=dropout_p, seed=seed,
+                          mods=_mods(attn_mask, alibi_slopes, sinks, causal, window_left,
+                                     window_right, bottom_right, softcap))
     return out, lse
 
 
 @flash_attention_fwd.register_fake
-def _(q, k, v, seed, attn_mask, scale, causal, dropout_p):
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+def _(q, k, v, seed, attn_mask, alibi_slopes, sinks, scale, causal, dropout_p, window_left,
+      window_right, bottom_right, softcap):
+    return q.new_empty(_out_shape(q, v)), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @torch.library.custom_op("attention_ops::flash_attention_bwd", mutates_args=())
@@ -48,22 +71,37 @@ def flash_attention_bwd(
     lse: torch.Tensor,
     seed: torch.Tensor | None,
     attn_mask: torch.Tensor | None,
+    alibi_slopes: torch.Tensor | None,
+    sinks: torch.Tensor | None,
     scale: float,
     causal: bool,
     dropout_p: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq, dk, dv) with the shapes of (q, k, v), from dO and the forward's results."""
+    window_left: int | None,
+    window_right: int | None,
+    bottom_right: bool,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv, dsinks) with the shapes of (q, k, v, sinks) from dO and the
+    forward's results; dsinks is float32, and empty when there are no sinks."""
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    if dq.numel() > 0 and dk.numel() > 0:
-        attention_backward(do, q, k, v, out, lse, dq, dk, dv, scale=scale, causal=causal,
-                           dropout_p=dropout_p, seed=seed, attn_mask=attn_mask)
-    else:  # an empty query or key side: every gradient is zero (or empty)
+    dsinks = torch.zeros(0 if sinks is None else sinks.shape[0], dtype=torch.float32,
+                         device=q.device)
+    if dq.numel() > 0 and dk.numel() > 0 and dv.numel() > 0:
+        sink_grad = attention_backward(
+            do, q, k, v, out, lse, dq, dk, dv, scale=scale, dropout_p=dropout_p, seed=seed,
+            mods=_mods(attn_mask, alibi_slopes, sinks, causal, window_left, window_right,
+                       bottom_right, softcap))
+        if sink_grad is not None:
+            dsinks = sink_grad
+    else:  # an empty side: every gradient is zero (or empty); a sink-only row gives out = 0
         dq.zero_(), dk.zero_(), dv.zero_()
-    return dq, dk, dv
+    return dq, dk, dv, dsinks
 
 
 @flash_attention_bwd.register_fake
-def _(do, q, k, v, out, lse, seed, attn_mask, scale, causal, dropout_p):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+def _(do, q, k, v, out, lse, seed, attn_mask, alibi_slopes, sinks, scale, causal, dropout_p,
+      window_left, window_right, bottom_right, softcap):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            q.new_empty(0 if sinks is None else sinks.shape[0], dtype=torch.float32))

@@ -8,126 +8,19 @@ ground truth the fused kernels are measured against.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
-from attention_ops.validation import check_attention_inputs, check_dropout_p
-
-ALIGNS = ("top_left", "bottom_right")
-
-
-def check_window(window) -> tuple[int | None, int | None] | None:
-    """A sliding window ``(left, right)`` as a pair of ints >= 0 or None (unbounded side).
-
-    Query i with diagonal d_i sees key j only when ``d_i - left <= j <= d_i + right``.
-
-    Returns:
-        ``(left, right)`` as Python ints or None, or None when ``window`` is None or
-        ``(None, None)`` (no window: every key is inside).
-
-    Raises:
-        ValueError: naming ``window`` when it is not a pair of (None or int >= 0).
-    """
-    if window is None:
-        return None
-    if not isinstance(window, (tuple, list)) or len(window) != 2:
-        raise ValueError(f"window must be a pair (left, right) of ints >= 0 or None, "
-                         f"got {window!r}")
-    sides = []
-    for name, side in zip(("left", "right"), window, strict=True):
-        if side is not None and (isinstance(side, bool) or not isinstance(side, numbers.Integral)
-                                 or side < 0):
-            raise ValueError(f"window {name} side must be an int >= 0 or None, got {side!r} "
-                             f"in window={window!r}")
-        sides.append(None if side is None else int(side))
-    left, right = sides
-    if left is None and right is None:
-        return None
-    return left, right
-
-
-def check_align(align) -> str:
-    """Where the causal diagonal and the window sit when Lq != Lk.
-
-    ``"top_left"``: query i's diagonal is key i (torch SDPA's ``is_causal``);
-    ``"bottom_right"``: it is key i + Lk - Lq, so the last query lines up with the last key.
-
-    Raises:
-        ValueError: naming ``align`` for any other value.
-    """
-    if not isinstance(align, str) or align not in ALIGNS:
-        raise ValueError(f"align must be one of {', '.join(map(repr, ALIGNS))}, got {align!r}")
-    return align
-
-
-def check_softcap(softcap) -> float | None:
-    """The logit soft-cap c (scores become c * tanh(s / c)) as a finite float > 0, or None.
-
-    Raises:
-        ValueError: naming ``softcap`` when it is not a number, not finite, or <= 0.
-    """
-    if softcap is None:
-        return None
-    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
-        raise ValueError(f"softcap must be a finite number > 0 or None, got "
-                         f"{type(softcap).__name__} {softcap!r}")
-    if not (math.isfinite(softcap) and softcap > 0):
-        raise ValueError(f"softcap must be a finite number > 0 or None, got {softcap}")
-    return float(softcap)
-
-
-def _check_per_head_tensor(name: str, t, q: torch.Tensor, shapes: list[tuple[int, ...]],
-                           dtypes: tuple[torch.dtype, ...] | None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-    if tuple(t.shape) not in shapes:
-        raise ValueError(f"{name} must have shape {' or '.join(map(str, shapes))}, "
-                         f"got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
-    if dtypes is not None and t.dtype not in dtypes:
-        raise ValueError(f"{name} must be {' or '.join(map(str, dict.fromkeys(dtypes)))}, "
-                         f"got {t.dtype}")
-    if t.device != q.device:
-        raise ValueError(f"{name} is on {t.device}, the queries on {q.device}")
-
-
-def check_alibi_slopes(slopes: torch.Tensor | None, q: torch.Tensor, *,
-                       any_float_dtype: bool = False) -> None:
-    """ALiBi slopes for queries ``q`` (B, Hq, Lq, D): float32, shape (Hq,) or (B, Hq), on
-    the queries' device. Score (i, j) of head h gains ``-slope[b, h] * |j - d_i|``.
-
-    None passes. ``any_float_dtype`` accepts any floating dtype instead of float32 only (for
-    float64 computations, which compare against float64 copies of the slopes).
-
-    Raises:
-        ValueError: naming ``alibi_slopes`` on a wrong shape, dtype or device.
-    """
-    if slopes is None:
-        return
-    batch, heads = q.shape[0], q.shape[1]
-    _check_per_head_tensor("alibi_slopes", slopes, q, [(heads,), (batch, heads)],
-                           None if any_float_dtype else (torch.float32,))
-
-
-def check_sinks(sinks: torch.Tensor | None, q: torch.Tensor, *,
-                any_float_dtype: bool = False) -> None:
-    """Attention sinks for queries ``q`` (B, Hq, Lq, D): one logit per query head, shape
-    (Hq,), float32 or the queries' dtype, on the queries' device. ``exp(sinks[h])`` joins
-    every softmax denominator of head h.
-
-    None passes. ``any_float_dtype`` accepts any floating dtype (for float64 computations,
-    which compare against float64 copies of the sinks).
-
-    Raises:
-        ValueError: naming ``sinks`` on a wrong shape, dtype or device.
-    """
-    if sinks is None:
-        return
-    _check_per_head_tensor("sinks", sinks, q, [(q.shape[1],)],
-                           None if any_float_dtype else (torch.float32, q.dtype))
+from attention_ops.validation import (
+    check_alibi_slopes,
+    check_align,
+    check_attention_inputs,
+    check_dropout_p,
+    check_sinks,
+    check_softcap,
+    check_window,
+)
 
 
 def simplified_self_attention(x: torch.Tensor) -> torch.Tensor:

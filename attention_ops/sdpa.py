@@ -20,12 +20,16 @@ import torch
 from attention_ops import reference
 from attention_ops.flash import fused_attention
 from attention_ops.validation import (
+    check_alibi_slopes,
+    check_align,
     check_dropout_p,
     check_mask,
     check_sdpa_inputs,
+    check_sinks,
+    check_softcap,
+    check_window,
     fused_path_problem,
 )
-
 
 # Computed in float32 on the eager path, as torch's math backend does.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -201,15 +205,52 @@ def scaled_dot_product_attention(
             attn_mask = attn_mask.float()
         attn_mask = attn_mask.expand(*lead, q.shape[2], k.shape[2]).reshape(
             q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    problem = fused_path_problem(q, k, v, attn_mask, scale)
-    if problem is None:
-        out = fused_attention(q, k, v, causal=is_causal, dropout_p=dropout_p,
-                              scale=q.shape[-1] ** -0.5 if scale is None else scale,
-                              attn_mask=attn_mask)
-    else:
-        _leave_fused_path(problem)
-        out = reference.scaled_dot_product_attention(
-            q, k, v, causal=is_causal, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p,
-            compute_dtype=torch.float32 if q.dtype in HALF_DTYPES else None,
-        ).to(q.dtype)
+    out = attend(q, k, v, attn_mask=attn_mask, causal=is_causal, dropout_p=dropout_p,
+                 scale=scale)
     return out.reshape(*lead, q.shape[2], v.shape[3])
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    window: tuple[int | None, int | None] | None = None,
+    align: str = "top_left",
+    softcap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The fused kernel where it can run, else the eager math with the same semantics (a
+    warning once per reason, or ``FusedPathUnavailableError`` in strict mode).
+
+    Args:
+        q: (B, Hq, Lq, D); k: (B, Hkv, Lk, D); v: (B, Hkv, Lk, Dv), Hkv dividing Hq, shapes
+            already consistent (the callers check them).
+        attn_mask: None, or bool / float broadcastable to (B, Hq, Lq, Lk), already checked.
+        causal, dropout_p, scale, window, align, softcap, alibi_slopes, sinks: as in
+            ``flash_attention`` (scale may be anything finite torch accepts: a scale the
+            kernel does not take runs the eager path).
+
+    Returns:
+        (B, Hq, Lq, Dv) in the input dtype.
+    """
+    window, align, softcap = check_window(window), check_align(align), check_softcap(softcap)
+    check_alibi_slopes(alibi_slopes, q)
+    check_sinks(sinks, q)
+    problem = fused_path_problem(q, k, v, attn_mask, scale)
+    modifiers = dict(window=window, align=align, softcap=softcap, alibi_slopes=alibi_slopes,
+                     sinks=sinks)
+    if problem is None:
+        return fused_attention(q, k, v, causal=causal, dropout_p=dropout_p,
+                               scale=q.shape[-1] ** -0.5 if scale is None else scale,
+                               attn_mask=attn_mask, **modifiers)
+    _leave_fused_path(problem)
+    return reference.scaled_dot_product_attention(
+        q, k, v, causal=causal, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p,
+        compute_dtype=torch.float32 if q.dtype in HALF_DTYPES else None, **modifiers,
+    ).to(q.dtype)

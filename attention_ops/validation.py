@@ -16,6 +16,7 @@ from attention_ops.kernels import interpreter_requested_too_late, is_interpreter
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
+ALIGNS = ("top_left", "bottom_right")
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -126,6 +127,118 @@ def check_mask(attn_mask: torch.Tensor, query: torch.Tensor, scores_shape: tuple
                          f"attention weights' shape {scores_shape}")
 
 
+def check_window(window) -> tuple[int | None, int | None] | None:
+    """A sliding window ``(left, right)`` as a pair of ints >= 0 or None (unbounded side).
+
+    Query i with diagonal d_i sees key j only when ``d_i - left <= j <= d_i + right``.
+
+    Returns:
+        ``(left, right)`` as Python ints or None, or None when ``window`` is None or
+        ``(None, None)`` (no window: every key is inside).
+
+    Raises:
+        ValueError: naming ``window`` when it is not a pair of (None or int >= 0).
+    """
+    if window is None:
+        return None
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise ValueError(f"window must be a pair (left, right) of ints >= 0 or None, "
+                         f"got {window!r}")
+    sides = []
+    for name, side in zip(("left", "right"), window, strict=True):
+        if side is not None and (isinstance(side, bool) or not isinstance(side, numbers.Integral)
+                                 or side < 0):
+            raise ValueError(f"window {name} side must be an int >= 0 or None, got {side!r} "
+                             f"in window={window!r}")
+        sides.append(None if side is None else int(side))
+    left, right = sides
+    if left is None and right is None:
+        return None
+    return left, right
+
+
+def check_align(align) -> str:
+    """Where the causal diagonal and the window sit when Lq != Lk.
+
+    ``"top_left"``: query i's diagonal is key i (torch SDPA's ``is_causal``);
+    ``"bottom_right"``: it is key i + Lk - Lq, so the last query lines up with the last key.
+
+    Raises:
+        ValueError: naming ``align`` for any other value.
+    """
+    if not isinstance(align, str) or align not in ALIGNS:
+        raise ValueError(f"align must be one of {', '.join(map(repr, ALIGNS))}, got {align!r}")
+    return align
+
+
+def check_softcap(softcap) -> float | None:
+    """The logit soft-cap c (scores become c * tanh(s / c)) as a finite float > 0, or None.
+
+    Raises:
+        ValueError: naming ``softcap`` when it is not a number, not finite, or <= 0.
+    """
+    if softcap is None:
+        return None
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise ValueError(f"softcap must be a finite number > 0 or None, got "
+                         f"{type(softcap).__name__} {softcap!r}")
+    if not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"softcap must be a finite number > 0 or None, got {softcap}")
+    return float(softcap)
+
+
+def _check_per_head_tensor(name: str, t, q: torch.Tensor, shapes: list[tuple[int, ...]],
+                           dtypes: tuple[torch.dtype, ...] | None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if tuple(t.shape) not in shapes:
+        raise ValueError(f"{name} must have shape {' or '.join(map(str, shapes))}, "
+                         f"got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise ValueError(f"{name} must be {' or '.join(map(str, dict.fromkeys(dtypes)))}, "
+                         f"got {t.dtype}")
+    if t.device != q.device:
+        raise ValueError(f"{name} is on {t.device}, the queries on {q.device}")
+
+
+def check_alibi_slopes(slopes: torch.Tensor | None, q: torch.Tensor, *,
+                       any_float_dtype: bool = False) -> None:
+    """ALiBi slopes for queries ``q`` (B, Hq, Lq, D): float32, shape (Hq,) or (B, Hq), on
+    the queries' device. Score (i, j) of head h gains ``-slope[b, h] * |j - d_i|``.
+
+    None passes. ``any_float_dtype`` accepts any floating dtype instead of float32 only (for
+    float64 computations, which compare against float64 copies of the slopes).
+
+    Raises:
+        ValueError: naming ``alibi_slopes`` on a wrong shape, dtype or device.
+    """
+    if slopes is None:
+        return
+    batch, heads = q.shape[0], q.shape[1]
+    _check_per_head_tensor("alibi_slopes", slopes, q, [(heads,), (batch, heads)],
+                           None if any_float_dtype else (torch.float32,))
+
+
+def check_sinks(sinks: torch.Tensor | None, q: torch.Tensor, *,
+                any_float_dtype: bool = False) -> None:
+    """Attention sinks for queries ``q`` (B, Hq, Lq, D): one logit per query head, shape
+    (Hq,), float32 or the queries' dtype, on the queries' device. ``exp(sinks[h])`` joins
+    every softmax denominator of head h.
+
+    None passes. ``any_float_dtype`` accepts any floating dtype (for float64 computations,
+    which compare against float64 copies of the sinks).
+
+    Raises:
+        ValueError: naming ``sinks`` on a wrong shape, dtype or device.
+    """
+    if sinks is None:
+        return
+    _check_per_head_tensor("sinks", sinks, q, [(q.shape[1],)],
+                           None if any_float_dtype else (torch.float32, q.dtype))
+
+
 def fused_path_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        attn_mask: torch.Tensor | None = None,
                        scale: float | None = None) -> str | None:
@@ -138,14 +251,13 @@ def fused_path_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 "(or CPU tensors with TRITON_INTERPRET=1)")
     if q.dtype not in FUSED_DTYPES:
         return f"dtype {q.dtype} (the fused kernel takes float16, bfloat16, float32)"
-    if q.shape[-1] == 0:
-        return "head_dim 0"
-    if q.shape[-1] > MAX_HEAD_DIM:
-        return f"head_dim {q.shape[-1]} > {MAX_HEAD_DIM}"
-    if v.shape[-1] != q.shape[-1]:
-        return f"value head_dim {v.shape[-1]} differs from query head_dim {q.shape[-1]}"
-    if attn_mask is not None and attn_mask.dtype != torch.bool:
-        return "float attn_mask (the fused kernel takes bool masks)"
+    for name, dim in (("head_dim", q.shape[-1]), ("value head_dim", v.shape[-1])):
+        if dim == 0:
+            return f"{name} 0"
+        if dim > MAX_HEAD_DIM:
+            return f"{name} {dim} > {MAX_HEAD_DIM}"
+    if attn_mask is not None and attn_mask.is_floating_point() and attn_mask.requires_grad:
+        return "float attn_mask that requires grad (the fused kernels compute no mask gradient)"
     if scale is not None and not (scale > 0.0 and math.isfinite(scale)):
         return f"scale {scale} (the fused kernel takes a finite positive scale)"
     return None

@@ -37,11 +37,12 @@ from triton._C.libtriton import native_specialize_impl  # what the launcher spec
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from attention_ops.kernels import configs, flash_bwd, flash_fwd
+from attention_ops.kernels import ScoreMods, configs, flash_bwd, flash_fwd
 from attention_ops.kernels.launch import tile_config
 from bench.cases import DTYPES
 
 KINDS = ("fwd", "dkdv", "dq")
+SHARED_MEMORY_OVER = "shared memory over the limit"
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
 
@@ -66,8 +67,32 @@ class _NotLaunched:
         return lambda *args, **kwargs: None
 
 
+# Score-pipeline variants the report can compile (``--variants``): each turns on the
+# constexpr switches of the modifiers it names.
+VARIANTS = ("plain", "window", "softcap", "alibi", "sinks", "float-mask", "all")
+
+
+def score_mods(variant: str, causal: bool, mask: bool, heads: int, seqlen: int) -> ScoreMods:
+    """The modifiers of ``variant`` for a (1, heads, seqlen, seqlen) problem: a 256-key sliding
+    window, softcap 50 (Gemma 2), ALiBi slopes, sinks, a float mask broadcast over heads;
+    ``mask`` adds a key-padding bool mask (unless the variant brings its float mask)."""
+    wanted = set(VARIANTS[1:-1]) if variant == "all" else {variant}
+    attn_mask = None
+    if "float-mask" in wanted:
+        attn_mask = torch.zeros(1, 1, seqlen, seqlen).expand(1, heads, seqlen, seqlen)
+    elif mask:
+        attn_mask = torch.ones(1, 1, 1, seqlen, dtype=torch.bool).expand(1, heads, seqlen,
+                                                                         seqlen)
+    return ScoreMods(
+        causal=causal, window=(256, None if causal else 256) if "window" in wanted else None,
+        softcap=50.0 if "softcap" in wanted else None, attn_mask=attn_mask,
+        alibi_slopes=torch.ones(heads) if "alibi" in wanted else None,
+        sinks=torch.zeros(heads) if "sinks" in wanted else None)
+
+
 def captured_launches(head_dim: int, causal: bool, dtype: str, dropout: bool, mask: bool,
-                      seqlen: int = 2048, heads: int = 4) -> dict[str, tuple]:
+                      variant: str = "plain", seqlen: int = 2048,
+                      heads: int = 4) -> dict[str, tuple]:
     """Run the host-side launchers on CPU tensors of a training-like problem (contiguous
     (1, heads, seqlen, head_dim); a key-padding mask broadcast over heads and queries) with
     every launch recorded instead of run: {kind: (kernel, args, flags)}."""
@@ -75,10 +100,8 @@ def captured_launches(head_dim: int, causal: bool, dtype: str, dropout: bool, ma
     q, k, v, out, do, dq, dk, dv = (torch.empty(shape, dtype=DTYPES[dtype]) for _ in range(8))
     lse = torch.zeros(shape[:3])
     seed = torch.zeros(1, dtype=torch.int64)
-    attn_mask = (torch.ones(1, 1, 1, seqlen, dtype=torch.bool).expand(1, heads, seqlen, seqlen)
-                 if mask else None)
-    options = dict(scale=head_dim ** -0.5, causal=causal, dropout_p=0.1 if dropout else 0.0,
-                   seed=seed, attn_mask=attn_mask)
+    options = dict(scale=head_dim ** -0.5, dropout_p=0.1 if dropout else 0.0, seed=seed,
+                   mods=score_mods(variant, causal, mask, heads, seqlen))
     launches = {}
 
     def record(kernel, kind, grid, args, flags):
@@ -204,7 +227,7 @@ def compile_one(launch: tuple, name: str, config: triton.Config, head_dim: int, 
     except (ValueError, KeyError, ZeroDivisionError) as error:
         report.error = f"MMA work not measured: {error}"
     if report.shared_bytes > SHARED_LIMIT.get(arch, 99 * 1024):
-        report.error = "shared memory over the limit"
+        report.error = SHARED_MEMORY_OVER
     return report
 
 
@@ -228,29 +251,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--causal", choices=["yes", "no", "both"], default="both")
     parser.add_argument("--dropout", action="store_true", help="compile the dropout variant")
     parser.add_argument("--mask", action="store_true", help="compile the bool-mask variant")
+    parser.add_argument("--variants", nargs="+", default=["plain"], choices=VARIANTS,
+                        help="score-modifier variants to compile (all: every modifier at once)")
     parser.add_argument("--max-configs", type=int, default=None,
                         help="compile only the first N candidate tiles of each kernel")
+    parser.add_argument("--first-fitting", action="store_true",
+                        help="report only the first candidate within the architecture's "
+                             "shared memory: the tile launches take with autotuning off")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("the kernels were built for the interpreter: run with "
                          "TRITON_INTERPRET=0")
     causal_values = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
-    jobs = [(name, head_dim, causal, tile_config(tile))
+    jobs = [(variant, name, head_dim, causal, tile_config(tile))
+            for variant in args.variants
             for name in args.kernels for head_dim in args.head_dims for causal in causal_values
             for tile in configs.candidate_tiles(name, configs.head_dim_block(head_dim),
                                                 DTYPES[args.dtype])[:args.max_configs]]
-    print("| kernel | D | causal | config | regs | spill B | smem KiB | HGMMA | MMA x | note |")
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    launches = {}
+    print("| variant | kernel | D | causal | config | regs | spill B | smem KiB | HGMMA | MMA x "
+          "| note |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    launches, reported = {}, set()
     with tqdm(jobs, unit="tile", file=sys.stderr) as bar:
-        for name, head_dim, causal, config in bar:
-            bar.set_postfix_str(f"{name} D={head_dim} causal={causal}")
-            if (head_dim, causal) not in launches:
-                launches[head_dim, causal] = captured_launches(
-                    head_dim, causal, args.dtype, args.dropout, args.mask)
-            r = compile_one(launches[head_dim, causal][name], name, config, head_dim, causal,
-                            args.arch)
-            bar.write(table_row(r), file=sys.stdout)
+        for variant, name, head_dim, causal, config in bar:
+            if args.first_fitting and (variant, name, head_dim, causal) in reported:
+                continue
+            bar.set_postfix_str(f"{variant} {name} D={head_dim} causal={causal}")
+            if (variant, head_dim, causal) not in launches:
+                launches[variant, head_dim, causal] = captured_launches(
+                    head_dim, causal, args.dtype, args.dropout, args.mask, variant)
+            r = compile_one(launches[variant, head_dim, causal][name], name, config, head_dim,
+                            causal, args.arch)
+            if args.first_fitting and r.error == SHARED_MEMORY_OVER:
+                continue
+            reported.add((variant, name, head_dim, causal))
+            bar.write(f"| {variant} " + table_row(r), file=sys.stdout)
             sys.stdout.flush()
 
 

@@ -8,9 +8,11 @@ from .dropout import materialize_keep_mask
 from .flash_bwd import attention_backward
 from .flash_fwd import attention_forward
 from .launch import LN2, interpreter_requested_too_late, is_interpreter, use_autotuning
+from .score import ScoreMods
 
 __all__ = [
     "LN2",
+    "ScoreMods",
     "attention_backward",
     "attention_forward",
     "interpreter_requested_too_late",

@@ -1,13 +1,16 @@
-"""Fused attention backward: dQ, dK, dV from dO, recomputing the weights from the saved LSE.
+"""Fused attention backward: dQ, dK, dV (and the sinks') from dO, recomputing the weights from
+the saved LSE.
 
 Three launches, no atomics (so the result is deterministic):
-  1. delta = rowsum(dO * O), one fp32 number per query row;
-  2. dK/dV: a key/value tile stays on chip while the program walks the query tiles (and, for
-     grouped-query attention, every query head of the group);
+  1. delta = rowsum(dO * O), one fp32 number per query row, and with sinks each row's share
+     of the sink gradient, -exp(sink - lse) * delta (summed over rows on the host);
+  2. dK/dV: a key/value tile stays on chip while the program walks the query tiles its band
+     reaches (and, for grouped-query attention, every query head of the group);
   3. dQ: a query tile stays on chip while the program walks the key/value tiles.
 With P the undropped weights, Z the keep mask and s = 1/(1-p):
-  dV = (Z*s*P)^T dO,  dP = Z*s*(dO V^T),  dS = P * (dP - delta),  dQ = scale dS K,
-  dK = scale dS^T Q.
+  dV = (Z*s*P)^T dO,  dP = Z*s*(dO V^T),  dS = P * (dP - delta),  dQ = scale dS' K,
+  dK = scale dS'^T Q, where dS' = dS * (1 - tanh^2) under a softcap and dS' = dS otherwise
+  (ALiBi and a float mask add constants to the scores and leave dS alone).
 """
 
 from __future__ import annotations
@@ -19,28 +22,21 @@ import triton.language as tl
 from .casting import dot_operand, downcast
 from .configs import INTERPRETER_META, head_dim_block
 from .dropout import dropout_args, keep_mask, keep_mask_t
-from .launch import (
-    LOG2E,
-    is_interpreter,
-    kernel_flags,
-    launch,
-    mask_args,
-    needs_int64_rows,
-    seqlen_bucket,
-)
-from .masking import visible
+from .launch import is_interpreter, kernel_flags, launch, needs_int64_rows, seqlen_bucket
+from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
 
 
 @triton.jit
 def _bwd_delta_kernel(
-    O, DO, DELTA,
+    O, DO, DELTA, LSE, SINKS, DSINK_ROWS,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     n_heads_q, seqlen_q,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    INT64_ROWS: tl.constexpr,
+    HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_SINKS: tl.constexpr, INT64_ROWS: tl.constexpr,
 ):
-    """DELTA[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in fp32."""
+    """DELTA[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in fp32; with sinks also
+    DSINK_ROWS[b, h, i] = -exp2(sink_h * log2(e) - LSE[b, h, i]) * DELTA[b, h, i]."""
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // n_heads_q
@@ -48,14 +44,21 @@ def _bwd_delta_kernel(
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     if INT64_ROWS:
         offs_m = offs_m.to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_o = (offs_m[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_DV)
+    m_rows = offs_m < seqlen_q
+    m_o = m_rows[:, None] & (offs_d[None, :] < HEAD_DIM_V)
     b_o = tl.load(O + i_b * stride_ob + i_h * stride_oh + offs_m[:, None] * stride_om
                   + offs_d[None, :] * stride_od, mask=m_o, other=0.0)
     b_do = tl.load(DO + i_b * stride_dob + i_h * stride_doh + offs_m[:, None] * stride_dom
                    + offs_d[None, :] * stride_dod, mask=m_o, other=0.0)
     b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
-    tl.store(DELTA + i_bh * seqlen_q + offs_m, b_delta, mask=offs_m < seqlen_q)
+    tl.store(DELTA + i_bh * seqlen_q + offs_m, b_delta, mask=m_rows)
+    if HAS_SINKS:
+        sink_base2 = tl.load(SINKS + i_h).to(tl.float32) * 1.4426950408889634
+        b_lse = tl.load(LSE + i_bh * seqlen_q + offs_m, mask=m_rows, other=0.0)
+        # a row with no key and a sink of -inf holds no sink weight
+        b_dsink = tl.where(b_lse == float("-inf"), 0.0, -tl.exp2(sink_base2 - b_lse) * b_delta)
+        tl.store(DSINK_ROWS + i_bh * seqlen_q + offs_m, b_dsink, mask=m_rows)
 
 
 @triton.jit
@@ -67,44 +70,73 @@ def row_lse(p_lse, m_rows):
 
 
 @triton.jit
+def _weights_and_tanh(b_qk, i_q, i_k, b_lse, qk_scale, softcap_scale, softcap_base2,
+                      slope_base2, diagonal_offset, window_left, window_right, seqlen_q,
+                      seqlen_k, p_mask, stride_mask_m, stride_mask_n,
+                      MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                      SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, MASK_KIND: tl.constexpr):
+    """The recomputed weights exp2(s - lse) of a tile of raw dot products (either orientation,
+    see score.py), and the softcap's tanh for dS. Hidden pairs are set to -inf before the
+    exp2, which could overflow on them."""
+    if SOFTCAP or HAS_ALIBI or MASK_KIND == MASK_FLOAT:
+        b_s, b_tanh = base2_scores(b_qk, i_q, i_k, qk_scale, softcap_scale, softcap_base2,
+                                   slope_base2, diagonal_offset, seqlen_q, seqlen_k, p_mask,
+                                   stride_mask_m, stride_mask_n, SOFTCAP, HAS_ALIBI, MASK_KIND)
+        b_log_p = b_s - b_lse
+    else:  # an explicit fma keeps scale and shift one instruction whatever the fusion default
+        b_tanh = 0.0
+        b_log_p = tl.fma(b_qk, qk_scale, -b_lse)
+    if MASKED:
+        m_visible = visible(i_q, i_k, seqlen_q, seqlen_k, diagonal_offset, window_left,
+                            window_right, p_mask, stride_mask_m, stride_mask_n,
+                            HAS_LEFT, HAS_RIGHT, MASK_KIND)
+        b_log_p = tl.where(m_visible, b_log_p, float("-inf"))
+    return tl.exp2(b_log_p), b_tanh
+
+
+@triton.jit
 def _dkdv_q_loop(
     b_dk, b_dv, b_k, b_v,
-    p_q, p_do, p_lse, p_delta, stride_qm, stride_dom, p_mask, stride_mask_m, stride_mask_n,
-    start_n, offs_n, offs_d, i_bh, seed, drop_below, dropout_scale,
-    start, end, seqlen_q, seqlen_k, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
-    INT64_ROWS: tl.constexpr,
+    p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
+    p_mask, stride_mask_m, stride_mask_n, slope_base2,
+    start_n, offs_n, offs_d, offs_dv, i_bh, seed, drop_below, dropout_scale,
+    qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
+    seqlen_q, seqlen_k, start, end, start2, end2,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_LEFT: tl.constexpr,
+    HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    MASK_KIND: tl.constexpr, HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
 ):
-    """Accumulate dK, dV of the key tile at start_n over query tiles [start, end), in transposed
-    form ([BLOCK_N, BLOCK_M] tiles) so no tile needs a transpose before its dot. MASKED tiles
-    straddle the causal diagonal or lie under a boolean mask. Rows past Lq load dO = 0 and
-    delta = 0 and so add nothing."""
+    """Accumulate dK, dV of the key tile at start_n over the query tiles of [start, end) then
+    [start2, end2), in transposed form ([BLOCK_N, BLOCK_M] tiles) so no tile needs a transpose
+    before its dot. Rows past Lq load dO = 0 and delta = 0 and so add nothing."""
     m_d = offs_d < HEAD_DIM
-    for start_m in range(start, end, BLOCK_M):
+    m_dv = offs_dv < HEAD_DIM_V
+    i_k = offs_n[:, None]
+    n_first = tl.cdiv(end - start, BLOCK_M)
+    for t in range(0, n_first + tl.cdiv(end2 - start2, BLOCK_M)):
+        start_m = tl.where(t < n_first, start + t * BLOCK_M, start2 + (t - n_first) * BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         if INT64_ROWS:
             offs_m = offs_m.to(tl.int64)
         m_rows = offs_m < seqlen_q
-        m_qd = m_rows[:, None] & m_d[None, :]
-        b_q = tl.load(p_q + offs_m[:, None] * stride_qm, mask=m_qd, other=0.0)  # [M, D]
-        b_do = tl.load(p_do + offs_m[:, None] * stride_dom, mask=m_qd, other=0.0)  # [M, D]
+        b_q = tl.load(p_q + offs_m[:, None] * stride_qm, mask=m_rows[:, None] & m_d[None, :],
+                      other=0.0)  # [M, D]
+        b_do = tl.load(p_do + offs_m[:, None] * stride_dom,
+                       mask=m_rows[:, None] & m_dv[None, :], other=0.0)  # [M, Dv]
         if INTERPRET_BF16:
             b_q = b_q.to(tl.float32)
             b_do = b_do.to(tl.float32)
         b_lse = row_lse(p_lse + offs_m, m_rows)
         b_delta = tl.load(p_delta + offs_m, mask=m_rows, other=0.0)
-        # [BLOCK_N, BLOCK_M] log2 weights; an explicit fma keeps scale and shift one
-        # instruction whatever Triton's floating-point fusion default. Hidden pairs are set to
-        # -inf before the exp2, which could overflow on them.
-        b_log_pt = tl.fma(tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION), qk_scale,
-                          -b_lse[None, :])
-        if MASKED:
-            m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mask_m,
-                                stride_mask_n, IS_CAUSAL, HAS_MASK)
-            b_log_pt = tl.where(tl.trans(m_visible), b_log_pt, float("-inf"))
-        b_pt = tl.exp2(b_log_pt)
+        # [BLOCK_N, BLOCK_M]
+        b_pt, b_tanh = _weights_and_tanh(
+            tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION), offs_m[None, :], i_k,
+            b_lse[None, :], qk_scale, softcap_scale, softcap_base2, slope_base2,
+            diagonal_offset, window_left, window_right, seqlen_q, seqlen_k, p_mask,
+            stride_mask_m, stride_mask_n, MASKED, HAS_LEFT, HAS_RIGHT, SOFTCAP, HAS_ALIBI,
+            MASK_KIND)
         # [BLOCK_N, BLOCK_M]
         b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)
         b_pt_dropped = b_pt
@@ -113,10 +145,12 @@ def _dkdv_q_loop(
                                  drop_below, BLOCK_M, BLOCK_N)
             b_pt_dropped = tl.where(b_keep, b_pt * dropout_scale, 0.0)
             b_dpt = tl.where(b_keep, b_dpt * dropout_scale, 0.0)
-        # [BLOCK_N, D]
+        # [BLOCK_N, Dv]
         b_dv = tl.dot(dot_operand(b_pt_dropped, b_do, INTERPRET_BF16), b_do, b_dv,
                       input_precision=PRECISION)
         b_dst = b_pt * (b_dpt - b_delta[None, :])
+        if SOFTCAP:
+            b_dst = b_dst * (1.0 - b_tanh * b_tanh)
         # [BLOCK_N, D]
         b_dk = tl.dot(dot_operand(b_dst, b_q, INTERPRET_BF16), b_q, b_dk,
                       input_precision=PRECISION)
@@ -125,22 +159,25 @@ def _dkdv_q_loop(
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, SEED, MASK,
-    sm_scale, qk_scale, drop_below, dropout_scale,
+    Q, K, V, DO, DK, DV, LSE, DELTA, SEED, MASK, SLOPES, SINKS,
+    stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n, stride_slope_b, stride_slope_h,
+    qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
+    sm_scale, drop_below, dropout_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n,
     n_heads_kv, group_size, seqlen_q, seqlen_k, seqlen_bucket,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, MASK_KIND: tl.constexpr, HAS_SINKS: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
-    """dK, dV: [B, Hkv, Lk, D]; LSE (log2 domain) and DELTA: [B, Hq, Lq] fp32.
+    """dK: [B, Hkv, Lk, D], dV: [B, Hkv, Lk, Dv]; LSE (base 2) and DELTA: [B, Hq, Lq] fp32.
     Grid: (cdiv(Lk, BLOCK_N), B * Hkv)."""
     i_n = tl.program_id(0)
     i_bhk = tl.program_id(1).to(tl.int64)
@@ -149,30 +186,29 @@ def _attn_bwd_dkdv_kernel(
 
     offs_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     if INT64_ROWS:
         offs_n = offs_n.to(tl.int64)
-    m_kv = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < HEAD_DIM)
+    m_keys = offs_n < seqlen_k
+    m_k = m_keys[:, None] & (offs_d[None, :] < HEAD_DIM)
+    m_v = m_keys[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
     b_k = tl.load(K + i_b * stride_kb + i_hk * stride_kh + offs_n[:, None] * stride_kn
-                  + offs_d[None, :] * stride_kd, mask=m_kv, other=0.0)  # [BLOCK_N, D]
+                  + offs_d[None, :] * stride_kd, mask=m_k, other=0.0)  # [BLOCK_N, D]
     b_v = tl.load(V + i_b * stride_vb + i_hk * stride_vh + offs_n[:, None] * stride_vn
-                  + offs_d[None, :] * stride_vd, mask=m_kv, other=0.0)  # [BLOCK_N, D]
+                  + offs_dv[None, :] * stride_vd, mask=m_v, other=0.0)  # [BLOCK_N, Dv]
     if INTERPRET_BF16:
         b_k = b_k.to(tl.float32)
         b_v = b_v.to(tl.float32)
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    b_dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
 
-    # Causal: query rows before this key tile never see it; tiles from full_start on see it
-    # whole; the ones between straddle the diagonal. A boolean mask, or keys past Lk in this
-    # tile (whose recomputed weights exp2(-lse) can overflow), make every tile masked.
-    start_m = 0
-    full_start = 0
-    if HAS_MASK:
-        full_start = seqlen_q
-    if IS_CAUSAL:
-        start_m = ((i_n * BLOCK_N) // BLOCK_M) * BLOCK_M
-        full_start = tl.maximum(full_start, tl.cdiv(i_n * BLOCK_N + BLOCK_N - 1, BLOCK_M) * BLOCK_M)
-    full_start = tl.where(i_n * BLOCK_N + BLOCK_N > seqlen_k, seqlen_q, full_start)
+    # The query tiles whose band reaches this key tile: query i sees key j when
+    # -(offset + right) <= i - j <= left - offset. A ragged key tile masks every query tile:
+    # its padding keys' recomputed weights exp2(-lse) can overflow.
+    start, full_start, full_end, end = band_tiles(
+        i_n * BLOCK_N, seqlen_q, -diagonal_offset - window_right, window_left - diagonal_offset,
+        i_n * BLOCK_N + BLOCK_N > seqlen_k, BLOCK_N, BLOCK_M, HAS_RIGHT, HAS_LEFT,
+        MASK_KIND != 0)
     seed = 0
     if HAS_DROPOUT:
         seed = tl.load(SEED)
@@ -180,78 +216,93 @@ def _attn_bwd_dkdv_kernel(
         i_h = i_hk * group_size + g
         i_bh = i_b * n_heads_kv * group_size + i_h
         p_q = Q + i_b * stride_qb + i_h * stride_qh + offs_d[None, :] * stride_qd
-        p_do = DO + i_b * stride_dob + i_h * stride_doh + offs_d[None, :] * stride_dod
+        p_do = DO + i_b * stride_dob + i_h * stride_doh + offs_dv[None, :] * stride_dod
         p_lse = LSE + i_bh * seqlen_q
         p_delta = DELTA + i_bh * seqlen_q
         p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
+        slope_base2 = 0.0
+        if HAS_ALIBI:
+            slope = tl.load(SLOPES + i_b * stride_slope_b + i_h * stride_slope_h)
+            slope_base2 = slope * 1.4426950408889634
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
-            p_mask, stride_mask_m, stride_mask_n,
-            i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, drop_below, dropout_scale,
-            start=start_m, end=tl.minimum(full_start, seqlen_q), seqlen_q=seqlen_q,
-            seqlen_k=seqlen_k, qk_scale=qk_scale,
-            HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=True,
-            IS_CAUSAL=IS_CAUSAL, HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT,
+            p_mask, stride_mask_m, stride_mask_n, slope_base2,
+            i_n * BLOCK_N, offs_n, offs_d, offs_dv, i_bh, seed, drop_below, dropout_scale,
+            qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
+            seqlen_q, seqlen_k, start=full_start, end=full_end, start2=full_end, end2=full_end,
+            HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+            MASKED=False, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
+            HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
             INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
         )
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
-            p_mask, stride_mask_m, stride_mask_n,
-            i_n * BLOCK_N, offs_n, offs_d, i_bh, seed, drop_below, dropout_scale,
-            start=full_start, end=seqlen_q, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-            qk_scale=qk_scale,
-            HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=False,
-            IS_CAUSAL=IS_CAUSAL, HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT,
+            p_mask, stride_mask_m, stride_mask_n, slope_base2,
+            i_n * BLOCK_N, offs_n, offs_d, offs_dv, i_bh, seed, drop_below, dropout_scale,
+            qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
+            seqlen_q, seqlen_k, start=start, end=full_start, start2=full_end, end2=end,
+            HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+            MASKED=True, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
+            HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
             INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
         )
 
     p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh
     p_dv = DV + i_b * stride_dvb + i_hk * stride_dvh
     tl.store(p_dk + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-             downcast(b_dk * sm_scale, DK.dtype.element_ty, INTERPRET_BF16), mask=m_kv)
-    tl.store(p_dv + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
-             downcast(b_dv, DV.dtype.element_ty, INTERPRET_BF16), mask=m_kv)
+             downcast(b_dk * sm_scale, DK.dtype.element_ty, INTERPRET_BF16), mask=m_k)
+    tl.store(p_dv + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+             downcast(b_dv, DV.dtype.element_ty, INTERPRET_BF16), mask=m_v)
 
 
 @triton.jit
 def _dq_kv_loop(
     b_dq, b_q, b_do, b_lse, b_delta,
-    p_k, p_v, stride_kn, stride_vn, p_mask, stride_mask_m, stride_mask_n,
-    offs_m, offs_d, rng_rows, seed, drop_below, dropout_scale,
-    start, end, seqlen_q, seqlen_k, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
-    INT64_ROWS: tl.constexpr,
+    p_k, p_v, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
+    p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, seed, drop_below,
+    dropout_scale, qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left,
+    window_right, seqlen_q, seqlen_k, start, end, start2, end2,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_LEFT: tl.constexpr,
+    HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    MASK_KIND: tl.constexpr, HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
 ):
-    """Accumulate dQ of one query tile over key tiles [start, end). MASKED tiles hold keys
-    past Lk, straddle the causal diagonal or lie under a boolean mask: a key past Lk must be
+    """Accumulate dQ of one query tile over the key tiles of [start, end) then [start2, end2).
+    MASKED tiles hold keys past Lk or straddle a visibility edge: a key past Lk must be
     masked, as its recomputed weight exp2(-lse) can overflow and turn dS into NaN."""
     m_d = offs_d < HEAD_DIM
-    for start_n in range(start, end, BLOCK_N):
+    m_dv = offs_dv < HEAD_DIM_V
+    i_q = offs_m[:, None]
+    n_first = tl.cdiv(end - start, BLOCK_N)
+    for t in range(0, n_first + tl.cdiv(end2 - start2, BLOCK_N)):
+        start_n = tl.where(t < n_first, start + t * BLOCK_N, start2 + (t - n_first) * BLOCK_N)
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if INT64_ROWS:
             offs_n = offs_n.to(tl.int64)
-        m_kv = (offs_n[:, None] < seqlen_k) & m_d[None, :]
-        b_k = tl.load(p_k + offs_n[:, None] * stride_kn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
-        b_v = tl.load(p_v + offs_n[:, None] * stride_vn, mask=m_kv, other=0.0)  # [BLOCK_N, D]
+        m_keys = offs_n < seqlen_k
+        b_k = tl.load(p_k + offs_n[:, None] * stride_kn, mask=m_keys[:, None] & m_d[None, :],
+                      other=0.0)  # [BLOCK_N, D]
+        b_v = tl.load(p_v + offs_n[:, None] * stride_vn, mask=m_keys[:, None] & m_dv[None, :],
+                      other=0.0)  # [BLOCK_N, Dv]
         if INTERPRET_BF16:
             b_k = b_k.to(tl.float32)
             b_v = b_v.to(tl.float32)
         # [BLOCK_M, BLOCK_N]
-        b_log_p = tl.fma(tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION), qk_scale,
-                         -b_lse[:, None])
-        if MASKED:
-            m_visible = visible(offs_m, offs_n, seqlen_q, seqlen_k, p_mask, stride_mask_m,
-                                stride_mask_n, IS_CAUSAL, HAS_MASK)
-            b_log_p = tl.where(m_visible, b_log_p, float("-inf"))
-        b_p = tl.exp2(b_log_p)
+        b_p, b_tanh = _weights_and_tanh(
+            tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION), i_q, offs_n[None, :],
+            b_lse[:, None], qk_scale, softcap_scale, softcap_base2, slope_base2,
+            diagonal_offset, window_left, window_right, seqlen_q, seqlen_k, p_mask,
+            stride_mask_m, stride_mask_n, MASKED, HAS_LEFT, HAS_RIGHT, SOFTCAP, HAS_ALIBI,
+            MASK_KIND)
         # [BLOCK_M, BLOCK_N]
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
         if HAS_DROPOUT:
             b_keep = keep_mask(seed, rng_rows, start_n, seqlen_k, drop_below, BLOCK_M, BLOCK_N)
             b_dp = tl.where(b_keep, b_dp * dropout_scale, 0.0)
         b_ds = b_p * (b_dp - b_delta[:, None])
+        if SOFTCAP:
+            b_ds = b_ds * (1.0 - b_tanh * b_tanh)
         # [BLOCK_M, D]
         b_dq = tl.dot(dot_operand(b_ds, b_k, INTERPRET_BF16), b_k, b_dq,
                       input_precision=PRECISION)
@@ -260,23 +311,26 @@ def _dq_kv_loop(
 
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA, SEED, MASK,
-    sm_scale, qk_scale, drop_below, dropout_scale,
+    Q, K, V, DO, DQ, LSE, DELTA, SEED, MASK, SLOPES, SINKS,
+    stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n, stride_slope_b, stride_slope_h,
+    qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
+    sm_scale, drop_below, dropout_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n,
     n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr, INT64_ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
+    HAS_ALIBI: tl.constexpr, MASK_KIND: tl.constexpr, HAS_SINKS: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
+    INT64_ROWS: tl.constexpr,
 ):
     """dQ: [B, Hq, Lq, D]. Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
     i_m = tl.program_id(0)
-    if IS_CAUSAL:  # the last query tiles see the most keys: start them first
+    if HAS_RIGHT and not HAS_LEFT:  # causal: the last query tiles see the most keys
         i_m = tl.num_programs(0) - 1 - i_m
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // n_heads_q
@@ -285,6 +339,7 @@ def _attn_bwd_dq_kernel(
 
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     if INT64_ROWS:
         offs_m = offs_m.to(tl.int64)
     m_rows = offs_m < seqlen_q
@@ -292,45 +347,51 @@ def _attn_bwd_dq_kernel(
     b_q = tl.load(Q + i_b * stride_qb + i_h * stride_qh + offs_m[:, None] * stride_qm
                   + offs_d[None, :] * stride_qd, mask=m_q, other=0.0)  # [BLOCK_M, D]
     b_do = tl.load(DO + i_b * stride_dob + i_h * stride_doh + offs_m[:, None] * stride_dom
-                   + offs_d[None, :] * stride_dod, mask=m_q, other=0.0)  # [BLOCK_M, D]
+                   + offs_dv[None, :] * stride_dod,
+                   mask=m_rows[:, None] & (offs_dv[None, :] < HEAD_DIM_V),
+                   other=0.0)  # [BLOCK_M, Dv]
     if INTERPRET_BF16:
         b_q = b_q.to(tl.float32)
         b_do = b_do.to(tl.float32)
     b_lse = row_lse(LSE + i_bh * seqlen_q + offs_m, m_rows)
     b_delta = tl.load(DELTA + i_bh * seqlen_q + offs_m, mask=m_rows, other=0.0)
     p_k = K + i_b * stride_kb + i_hk * stride_kh + offs_d[None, :] * stride_kd
-    p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_d[None, :] * stride_vd
+    p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_dv[None, :] * stride_vd
+    p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
+    slope_base2 = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + i_b * stride_slope_b + i_h * stride_slope_h)
+        slope_base2 = slope * 1.4426950408889634
 
     seed = 0
     rng_rows = i_bh * seqlen_q + offs_m  # global query rows: the dropout stream's key
     if HAS_DROPOUT:
         seed = tl.load(SEED)
 
-    p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
-    # Tiles before full_end are wholly visible; the rest hold keys past Lk, straddle the causal
-    # diagonal or lie under a boolean mask.
-    end_n = seqlen_k
-    full_end = (seqlen_k // BLOCK_N) * BLOCK_N
-    if HAS_MASK:
-        full_end = 0
-    if IS_CAUSAL:
-        end_n = tl.minimum(seqlen_k, (i_m + 1) * BLOCK_M)
-        full_end = tl.minimum(full_end, ((i_m * BLOCK_M + 1) // BLOCK_N) * BLOCK_N)
+    start, full_start, full_end, end = band_tiles(
+        i_m * BLOCK_M, seqlen_k, diagonal_offset - window_left, diagonal_offset + window_right,
+        False, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT, MASK_KIND != 0)
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     b_dq = _dq_kv_loop(
-        b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
-        p_mask, stride_mask_m, stride_mask_n, offs_m, offs_d, rng_rows, seed, drop_below,
-        dropout_scale, start=0, end=full_end, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-        qk_scale=qk_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=False,
-        IS_CAUSAL=IS_CAUSAL, HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT,
+        b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d,
+        offs_dv, p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, seed,
+        drop_below, dropout_scale, qk_scale, softcap_scale, softcap_base2, diagonal_offset,
+        window_left, window_right, seqlen_q, seqlen_k,
+        start=full_start, end=full_end, start2=full_end, end2=full_end,
+        HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        MASKED=False, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
+        HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
         INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
     )
     b_dq = _dq_kv_loop(
-        b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn,
-        p_mask, stride_mask_m, stride_mask_n, offs_m, offs_d, rng_rows, seed, drop_below,
-        dropout_scale, start=full_end, end=end_n, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-        qk_scale=qk_scale, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, MASKED=True,
-        IS_CAUSAL=IS_CAUSAL, HAS_MASK=HAS_MASK, HAS_DROPOUT=HAS_DROPOUT,
+        b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d,
+        offs_dv, p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, seed,
+        drop_below, dropout_scale, qk_scale, softcap_scale, softcap_base2, diagonal_offset,
+        window_left, window_right, seqlen_q, seqlen_k,
+        start=start, end=full_start, start2=full_end, end2=end,
+        HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        MASKED=True, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
+        HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
         INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
     )
     tl.store(DQ + i_b * stride_dqb + i_h * stride_dqh + offs_m[:, None] * stride_dqm
@@ -350,53 +411,60 @@ def attention_backward(
     dv: torch.Tensor,
     *,
     scale: float,
-    causal: bool,
     dropout_p: float,
     seed: torch.Tensor | None,
-    attn_mask: torch.Tensor | None = None,
+    mods: ScoreMods | None = None,
     int64_rows: bool | None = None,
-) -> None:
-    """Launch the backward: fills dq (shape of q), dk and dv (shape of k, v).
+) -> torch.Tensor | None:
+    """Launch the backward: fills dq (shape of q), dk and dv (shapes of k, v).
 
-    ``out`` and ``lse`` (base 2) are the forward's results, ``seed`` and ``attn_mask`` the
+    ``out`` and ``lse`` (base 2) are the forward's results, ``seed`` and ``mods`` the
     forward's (see ``attention_forward``). All tensors may have any strides.
+
+    Returns:
+        the sinks' gradient (Hq,) float32 when ``mods.sinks`` is set, else None.
     """
+    mods = mods or ScoreMods()
     batch, n_heads_q, seqlen_q, head_dim = q.shape
-    n_heads_kv, seqlen_k = k.shape[1], k.shape[2]
+    n_heads_kv, seqlen_k, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
     group_size = n_heads_q // n_heads_kv
     has_dropout = dropout_p > 0.0
     if int64_rows is None:
-        int64_rows = needs_int64_rows(q, k, v, out, do, dq, dk, dv, attn_mask)
-    block_d = head_dim_block(head_dim)
+        int64_rows = needs_int64_rows(q, k, v, out, do, dq, dk, dv, mods.attn_mask)
+    block_d, block_dv = head_dim_block(head_dim), head_dim_block(head_dim_v)
 
     delta = torch.empty_like(lse)
+    dsink_rows = torch.empty_like(lse) if mods.sinks is not None else lse
     block_m = 64 if not is_interpreter() else INTERPRETER_META["BLOCK_M"]
     _bwd_delta_kernel[(triton.cdiv(seqlen_q, block_m), batch * n_heads_q)](
-        out, do, delta, *out.stride(), *do.stride(), n_heads_q, seqlen_q,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, INT64_ROWS=int64_rows,
+        out, do, delta, lse, lse if mods.sinks is None else mods.sinks, dsink_rows,
+        *out.stride(), *do.stride(), n_heads_q, seqlen_q,
+        HEAD_DIM_V=head_dim_v, BLOCK_DV=block_dv, BLOCK_M=block_m,
+        HAS_SINKS=mods.sinks is not None, INT64_ROWS=int64_rows,
     )
     common = (
-        scale, scale * LOG2E, *dropout_args(dropout_p),
+        *mods.kernel_args(scale, seqlen_q, seqlen_k, lse), scale, *dropout_args(dropout_p),
         *q.stride(), *k.stride(), *v.stride(), *do.stride(),
     )
     bucket = seqlen_bucket(max(seqlen_q, seqlen_k))
     flags = dict(
-        HEAD_DIM=head_dim, BLOCK_D=block_d, IS_CAUSAL=causal, HAS_MASK=attn_mask is not None,
-        HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows, **kernel_flags(q),
+        HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=block_d, BLOCK_DV=block_dv,
+        HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows, **mods.kernel_flags(),
+        **kernel_flags(q),
     )
     seed_arg = seed if has_dropout else lse
-    mask_ptr, *mask_strides = mask_args(attn_mask, lse)
     launch(
         _attn_bwd_dkdv_kernel, "dkdv",
         lambda meta: (triton.cdiv(seqlen_k, meta["BLOCK_N"]), batch * n_heads_kv),
-        (q, k, v, do, dk, dv, lse, delta, seed_arg, mask_ptr, *common, *dk.stride(),
-         *dv.stride(), *mask_strides, n_heads_kv, group_size, seqlen_q, seqlen_k, bucket),
+        (q, k, v, do, dk, dv, lse, delta, seed_arg, *common, *dk.stride(), *dv.stride(),
+         n_heads_kv, group_size, seqlen_q, seqlen_k, bucket),
         flags,
     )
     launch(
         _attn_bwd_dq_kernel, "dq",
         lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q),
-        (q, k, v, do, dq, lse, delta, seed_arg, mask_ptr, *common, *dq.stride(),
-         *mask_strides, n_heads_q, group_size, seqlen_q, seqlen_k, bucket),
+        (q, k, v, do, dq, lse, delta, seed_arg, *common, *dq.stride(),
+         n_heads_q, group_size, seqlen_q, seqlen_k, bucket),
         flags,
     )
+    return dsink_rows.sum(dim=(0, 2)) if mods.sinks is not None else None

@@ -61,17 +61,15 @@ def needs_int64_rows(*tensors: torch.Tensor | None) -> bool:
                for t in tensors if t is not None)
 
 
-def mask_args(attn_mask: torch.Tensor | None, fallback: torch.Tensor) -> tuple:
-    """(pointer tensor, 4 strides) for an optional bool mask already expanded to
-    (B, Hq, Lq, Lk); zero strides broadcast, and no mask passes a placeholder never read."""
-    if attn_mask is None:
-        return (fallback, 0, 0, 0, 0)
-    return (attn_mask.view(torch.uint8), *attn_mask.stride())
-
-
 # Tuning is cached per key: head dim, the constexpr switches, a coarse length bucket (and the
 # tensor dtypes, which Triton adds), so a training loop tunes once per shape family.
-AUTOTUNE_KEY = ["HEAD_DIM", "IS_CAUSAL", "HAS_MASK", "HAS_DROPOUT", "seqlen_bucket"]
+AUTOTUNE_KEY = ["HEAD_DIM", "HEAD_DIM_V", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "HAS_ALIBI",
+                "MASK_KIND", "HAS_SINKS", "HAS_DROPOUT", "seqlen_bucket"]
+
+
+def tile_width(block_d: int, block_dv: int | None) -> int:
+    """The head-dim width that picks the tile table row: the wider of the QK and PV widths."""
+    return max(block_d, block_dv or 0)
 
 
 def tile_config(tile: tuple[int, int, int, int]) -> triton.Config:
@@ -90,7 +88,8 @@ def head_dim_pruner(kind: str):
     query dtype (every kernel's first argument, ``Q``)."""
 
     def prune(candidates, named_args, **kwargs):
-        block_d = named_args.get("BLOCK_D", kwargs.get("BLOCK_D"))
+        block_d = tile_width(named_args.get("BLOCK_D", kwargs.get("BLOCK_D")),
+                             named_args.get("BLOCK_DV", kwargs.get("BLOCK_DV")))
         wanted = set(candidate_tiles(kind, block_d, named_args["Q"].dtype))
         return [c for c in candidates if config_tile(c) in wanted]
 
@@ -119,7 +118,8 @@ def launch(kernel, kind: str, grid, args: tuple, flags: dict) -> None:
     if is_interpreter():
         kernel[grid(INTERPRETER_META)](*args, **flags, **INTERPRETER_META)
     elif not _autotuning:
-        _launch_first_fitting_tile(kernel, candidate_tiles(kind, flags["BLOCK_D"], args[0].dtype),
+        width = tile_width(flags["BLOCK_D"], flags.get("BLOCK_DV"))
+        _launch_first_fitting_tile(kernel, candidate_tiles(kind, width, args[0].dtype),
                                    grid, args, flags)
     else:
         autotuned(kernel, kind)[grid](*args, **flags)

@@ -17,14 +17,18 @@ FLOAT32_ROUNDINGS = 8  # roundings of 2**-24 per unit of score the floor allows
 
 
 def assert_within_eager_error(name: str, fused: torch.Tensor, eager: torch.Tensor,
-                              exact: torch.Tensor, *, max_score: float = 0.0) -> None:
+                              exact: torch.Tensor, *, max_score: float = 0.0,
+                              working_dtype: torch.dtype | None = None) -> None:
     """``fused`` and ``eager`` in the input dtype, ``exact`` in float64; ``max_score`` the
-    largest |scaled score| of the problem."""
+    largest |scaled score| of the problem; ``working_dtype`` the precision the result passed
+    through, when coarser than its own (the sinks' float32 gradient sums rows of half-precision
+    O and dO)."""
     assert fused.shape == exact.shape, f"{name}: shape {fused.shape} != {exact.shape}"
     assert not fused.isnan().any(), f"{name}: NaN in the fused result"
     fused_err = (fused.double() - exact).abs().max().item()
     eager_err = (eager.double() - exact).abs().max().item()
-    rounding = ((exact.to(fused.dtype) + 0.3 - 0.3).double() - exact).abs().max().item()
+    rounding_dtype = working_dtype or fused.dtype
+    rounding = ((exact.to(rounding_dtype) + 0.3 - 0.3).double() - exact).abs().max().item()
     fp32_floor = (FLOAT32_ROUNDINGS * 2**-24 * (1.0 + max_score)
                   * max(1.0, exact.abs().max().item()))
     assert fused_err <= 2 * eager_err + rounding + fp32_floor, (
@@ -33,27 +37,41 @@ def assert_within_eager_error(name: str, fused: torch.Tensor, eager: torch.Tenso
     )
 
 
-def _outputs_and_grads(fn, q, k, v, do):
+def _outputs_and_grads(fn, q, k, v, do, sinks=None):
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    out = fn(q, k, v)
+    if sinks is None:
+        out = fn(q, k, v)
+    else:
+        sinks = sinks.detach().requires_grad_()
+        out = fn(q, k, v, sinks)
     out.backward(do.to(out.dtype))
-    return {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}
+    grads = {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}
+    if sinks is not None:
+        grads["dsinks"] = sinks.grad
+    return grads
 
 
-def assert_matches_reference(fused_fn, q, k, v, **reference_kwargs) -> None:
-    """Run ``fused_fn(q, k, v)`` forward and backward with one random dO, and check the output
-    and dq, dk, dv against the float64 reference with the eager-error bar."""
+def assert_matches_reference(fused_fn, q, k, v, *, sinks=None, **reference_kwargs) -> None:
+    """Run ``fused_fn(q, k, v)`` (``fused_fn(q, k, v, sinks)`` with sinks) forward and backward
+    with one random dO, and check the output and every gradient (the sinks' included) against
+    the float64 reference with the eager-error bar."""
     do = torch.randn(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
-    fused = _outputs_and_grads(fused_fn, q, k, v, do)
-    eager = _outputs_and_grads(lambda *t: reference_sdpa(*t, **reference_kwargs), q, k, v, do)
+
+    def reference(*tensors):
+        extra = {"sinks": tensors[3]} if len(tensors) == 4 else {}
+        return reference_sdpa(*tensors[:3], **reference_kwargs, **extra)
+
+    fused = _outputs_and_grads(fused_fn, q, k, v, do, sinks)
+    eager = _outputs_and_grads(reference, q, k, v, do, sinks)
     exact = _outputs_and_grads(
-        lambda *t: reference_sdpa(*t, **reference_kwargs),
+        lambda *t: reference(*t),
         *(t.double() for t in (q, k, v)), do.double(),
+        None if sinks is None else sinks.double(),
     )
     max_score = _max_score(q, k, reference_kwargs.get("scale"))
-    for name in ("out", "dq", "dk", "dv"):
+    for name in exact:
         assert_within_eager_error(name, fused[name], eager[name], exact[name],
-                                  max_score=max_score)
+                                  max_score=max_score, working_dtype=q.dtype)
 
 
 def _max_score(q: torch.Tensor, k: torch.Tensor, scale: float | None) -> float:

@@ -78,7 +78,8 @@ def test_patched_torch_sdpa_compiles_to_our_kernel():
 
 
 def test_eager_fallback_compiles_without_graph_breaks():
-    mask = torch.randn(37, 37, generator=generator(0))  # float: eager
+    # a float mask that requires grad: eager (the fused kernels compute no mask gradient)
+    mask = torch.randn(37, 37, generator=generator(0)).requires_grad_()
     assert_compiled_matches_eager(
         lambda q, k, v: ao.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                         enable_gqa=True),
@@ -87,10 +88,10 @@ def test_eager_fallback_compiles_without_graph_breaks():
 
 def test_strict_mode_fails_compilation_of_a_fallback():
     compiled = torch.compile(
-        lambda q: ao.scaled_dot_product_attention(q, q, q, attn_mask=q.new_zeros(3, 3)),
-        fullgraph=True, backend="aot_eager")
-    with ao.strict(), pytest.raises(RuntimeError, match="float attn_mask"):
-        compiled(torch.randn(1, 1, 3, 16))
+        lambda q: ao.scaled_dot_product_attention(q, q, q), fullgraph=True,
+        backend="aot_eager")
+    with ao.strict(), pytest.raises(RuntimeError, match="float64"):
+        compiled(torch.randn(1, 1, 3, 16, dtype=torch.float64))
 
 
 def test_new_sequence_lengths_reuse_one_dynamic_graph():
@@ -103,16 +104,25 @@ def test_new_sequence_lengths_reuse_one_dynamic_graph():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
-@pytest.mark.parametrize("causal, dropout_p, masked", [(True, 0.0, False), (False, 0.25, True)],
-                         ids=["causal", "dropout-mask"])
-def test_custom_ops_pass_opcheck(causal, dropout_p, masked):
+@pytest.mark.parametrize("case", ["causal", "dropout-mask", "modifiers"])
+def test_custom_ops_pass_opcheck(case):
     # The ops are not differentiable themselves (FlashAttentionFunction owns the backward),
     # so inputs do not require grad; the compiled backward tests above cover autograd.
     # GQA and a length of 9: one partial tile, kept small as opcheck runs each op ~10 times.
-    q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
-    seed = ao.draw_dropout_seed(q.device) if dropout_p > 0 else None
+    q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 24)
+    seed = ao.draw_dropout_seed(q.device) if case == "dropout-mask" else None
     mask = (torch.arange(9) >= torch.tensor([[[[0]]], [[[3]]]])).expand(2, 4, 9, 9)
-    fwd_args = (q, k, v, seed, mask if masked else None, 0.25, causal, dropout_p)
+    tensors = {  # attn_mask, alibi_slopes, sinks
+        "causal": (None, None, None),
+        "dropout-mask": (mask, None, None),
+        "modifiers": (torch.randn(9, 9).expand(2, 4, 9, 9), torch.rand(4), torch.randn(4)),
+    }[case]
+    scalars = {  # scale, causal, dropout_p, window_left, window_right, bottom_right, softcap
+        "causal": (0.25, True, 0.0, None, None, False, None),
+        "dropout-mask": (0.25, False, 0.25, None, None, False, None),
+        "modifiers": (0.25, True, 0.0, 3, None, True, 5.0),
+    }[case]
+    fwd_args = (q, k, v, seed, *tensors, *scalars)
     torch.library.opcheck(ops.flash_attention_fwd, fwd_args)
     out, lse = ops.flash_attention_fwd(*fwd_args)
     torch.library.opcheck(ops.flash_attention_bwd, (torch.randn_like(out), q, k, v, out, lse,

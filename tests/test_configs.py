@@ -65,31 +65,52 @@ def test_fixed_tile_launch_moves_past_tiles_the_device_cannot_fit(monkeypatch):
     assert launched == [tiles[1]]
 
 
+def compile_report_rows(*args: str) -> list[list[str]]:
+    """Run ``python -m bench.compile_report`` with ``args`` (no GPU needed) and return its
+    table rows as lists of cells."""
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "bench.compile_report", *args], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [[cell.strip() for cell in line.split("|")[1:-1]]
+            for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| variant")]
+
+
+def assert_hopper_ready(rows: list[list[str]], dtype: str) -> None:
+    """Each compiled tile is spill-free, computes no dot twice (MMA x, executed over useful
+    multiply-adds, 1.00: no warps repeating rows another warpgroup computes) and, in half
+    precision, uses warpgroup MMAs (but the small fallback tile, whose 32-row dots are below
+    the warpgroup MMA's 64; float32 runs IEEE dots, which never do)."""
+    for variant, kernel, head_dim, _, config, _regs, spill, _smem, hgmma, mma_x, note in rows:
+        where = f"{variant} {kernel} D={head_dim} {config}"
+        assert note == "", f"{where}: {note}"
+        assert int(spill) == 0, f"{where}: {spill} bytes of register spills"
+        assert mma_x == "1.00", f"{where}: computes {mma_x}x its dots' work"
+        if dtype != "fp32" and config != "M32 N32 w4 s1":
+            assert int(hgmma) > 0, f"{where}: no warpgroup MMA in the SASS"
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_every_candidate_tile_compiles_for_hopper_without_spills(dtype):
     """CI has no GPU: compile every D=64 and D=128 candidate tile (causal, the launchers' real
-    arguments) for sm_90a down to SASS. Each must be spill-free and compute no dot twice (MMA x,
-    executed over useful multiply-adds, 1.00: no warps repeating rows another warpgroup
-    computes). Half-precision tiles must use warpgroup MMAs, except the small fallback tile,
-    whose 32-row dots are below the warpgroup MMA's 64; float32 runs IEEE dots, which never
-    do."""
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.compile_report", "--head-dims", "64", "128", "--causal",
-         "yes", "--dtype", dtype], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines()
-            if line.startswith("| ") and not line.startswith("| kernel")]
+    arguments) for sm_90a down to SASS."""
+    rows = compile_report_rows("--head-dims", "64", "128", "--causal", "yes", "--dtype", dtype)
     tables = configs.FP32_TILES if dtype == "fp32" else configs.TILES
     assert len(rows) == sum(len(tables[kind][d]) for kind in tables for d in (64, 128))
-    for kernel, head_dim, _, config, _regs, spill, _smem, hgmma, mma_x, note in rows:
-        where = f"{kernel} D={head_dim.strip()} {config.strip()}"
-        assert note.strip() == "", f"{where}: {note.strip()}"
-        assert int(spill) == 0, f"{where}: {spill.strip()} bytes of register spills"
-        assert mma_x.strip() == "1.00", f"{where}: computes {mma_x.strip()}x its dots' work"
-        if dtype != "fp32" and config.strip() != "M32 N32 w4 s1":
-            assert int(hgmma) > 0, f"{where}: no warpgroup MMA in the SASS"
+    assert_hopper_ready(rows, dtype)
+
+
+def test_every_score_modifier_compiles_for_hopper_without_spills():
+    """Each score-pipeline switch (sliding window, softcap, ALiBi, sinks, float mask) and all
+    of them at once, on the tile taken when autotuning is off (the first candidate within an
+    H100's shared memory: a float mask's tile is staged there too), bf16, causal, D 64/128."""
+    variants = ["window", "softcap", "alibi", "sinks", "float-mask", "all"]
+    rows = compile_report_rows("--head-dims", "64", "128", "--causal", "yes", "--first-fitting",
+                               "--variants", *variants)
+    assert sorted({row[0] for row in rows}) == sorted(variants)
+    assert len(rows) == len(variants) * 2 * 3
+    assert_hopper_ready(rows, "bf16")
 
 
 # Two dots of a dK/dV M32 N64 w8 kernel as sm_90a's TTGIR prints them: S^T (64 x 32, K = 128)

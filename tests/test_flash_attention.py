@@ -115,11 +115,11 @@ def test_int64_row_offsets_give_the_same_bits(variant, device):
     torch.manual_seed(11)
     q, k, v = qkv(2, 2, 1, 45, 38, 32, torch.float16, device)
     do = torch.randn_like(q)
-    options = dict(scale=0.2, causal=True, dropout_p=0.0, seed=None)
+    options = dict(scale=0.2, dropout_p=0.0, seed=None, mods=kernels.ScoreMods(causal=True))
     if variant == "mask-and-dropout":
-        options = dict(scale=0.2, causal=False, dropout_p=0.3,
-                       seed=ao.draw_dropout_seed(device),
-                       attn_mask=(torch.rand(45, 38, device=device) > 0.3).expand(2, 2, 45, 38))
+        mask = (torch.rand(45, 38, device=device) > 0.3).expand(2, 2, 45, 38)
+        options = dict(scale=0.2, dropout_p=0.3, seed=ao.draw_dropout_seed(device),
+                       mods=kernels.ScoreMods(attn_mask=mask))
     results = []
     for int64_rows in (False, True):
         out = torch.empty_like(q)
@@ -299,7 +299,7 @@ def test_left_padding_mask_with_dropout_matches_reference(device):
 
 
 @pytest.mark.parametrize("mask, message", [
-    (torch.ones(4, 4), "bool"),
+    (torch.ones(4, 4, dtype=torch.int32), "attn_mask must be"),
     (torch.ones(3, 4, dtype=torch.bool), "broadcast"),
 ])
 def test_bad_masks_raise(mask, message, device):

@@ -58,10 +58,11 @@ def test_patched_nanogpt_attention_runs_the_fused_kernel_and_matches_torch():
 
 def test_patched_calls_go_through_attention_ops():
     model, x = NanoGPTAttention(n_embd=16, n_head=2), torch.randn(1, 5, 16)
-    mask = torch.zeros(5, 5)  # float: the one mask the fused kernel does not take
+    # a float mask that requires grad: the fused kernels compute no mask gradient
+    mask = torch.zeros(5, 5, requires_grad=True)
     model(x, attn_mask=mask)  # torch's function: strict mode does not apply
     with ao.patch_sdpa(), ao.strict():
-        with pytest.raises(ao.FusedPathUnavailableError, match="float attn_mask"):
+        with pytest.raises(ao.FusedPathUnavailableError, match="requires grad"):
             model(x, attn_mask=mask)
 
 

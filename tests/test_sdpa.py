@@ -36,10 +36,10 @@ def run_with_grads(fn, inputs, dout, **kwargs):
     return [out.detach(), *grads]
 
 
-# Slack beside "2x torch's float32 error", relative to the largest reference magnitude: ~80
-# float32 ulps. The fused backward re-derives the weights as exp2 of scaled scores, which
-# reach |40| here (scale up to 1.7, head dim 32), and each carries a relative error of
-# about |score| ulps.
+# Slack beside "2x torch's float32 error", relative to the largest reference magnitude (at
+# least 1, the inputs' scale): ~80 float32 ulps. The fused backward re-derives the weights as
+# exp2 of scaled scores, which reach |40| here (scale up to 1.7, head dim 32), and each
+# carries a relative error of about |score| ulps.
 FP32_SLACK = 1e-5
 
 
@@ -65,7 +65,9 @@ def assert_matches_torch(inputs, **kwargs):
         if ref.numel() == 0:
             continue
         err = (a.double() - ref).abs().max().item()
-        bar = 2 * (b.double() - ref).abs().max().item() + FP32_SLACK * ref.abs().max().item()
+        # the slack is at least absolute: an exact 0 (one key: dq = 0) still admits noise
+        slack = FP32_SLACK * max(1.0, ref.abs().max().item())
+        bar = 2 * (b.double() - ref).abs().max().item() + slack
         assert err <= bar, f"{name}: error {err:.3g} > bar {bar:.3g}"
 
 
@@ -168,10 +170,10 @@ def test_fully_masked_rows_give_zeros_and_zero_gradients_with_bool_mask(dtype):
     assert torch.equal(out[:, :, [0, 3]], torch.zeros(1, 2, 2, 8, dtype=dtype))
 
 
-def test_fully_masked_rows_give_zeros_with_float_mask():
+def test_fully_masked_rows_give_zeros_with_float_mask_on_the_fused_kernel():
     inputs = fully_masked_inputs(torch.float32)
     mask = torch.zeros(4, 5).masked_fill(~KEEP, float("-inf"))
-    with pytest.warns(UserWarning, match="float attn_mask"):
+    with ao.strict():
         out = ao.scaled_dot_product_attention(*inputs, attn_mask=mask)
     assert torch.equal(out[:, :, [0, 3]], torch.zeros(1, 2, 2, 8))
     torch.testing.assert_close(out, torch_sdpa(*inputs, attn_mask=mask))
@@ -242,8 +244,7 @@ def test_inputs_torch_rejects_raise_value_error(make_args, kwargs, message):
     [
         (lambda: q_kv(dtype=torch.float64), {}, "dtype torch.float64"),
         (lambda: q_kv((1, 1, 2, 264), (1, 1, 3, 264)), {}, "head_dim 264"),
-        (lambda: (*q_kv()[:2], torch.randn(2, 4, 6, 4)), {}, "value head_dim"),
-        (lambda: q_kv(), {"attn_mask": torch.zeros(5, 6)}, "float attn_mask"),
+        (lambda: q_kv(), {"attn_mask": torch.zeros(5, 6, requires_grad=True)}, "requires grad"),
         (lambda: q_kv(), {"scale": -1.0}, "scale"),
     ],
 )
@@ -267,10 +268,10 @@ def test_cpu_tensors_without_the_interpreter_take_the_eager_path(monkeypatch):
 
 def test_strict_mode_raises_instead_of_leaving_the_fused_kernel():
     query, key, value = q_kv()
-    mask = torch.zeros(5, 6)
+    mask = torch.zeros(5, 6, requires_grad=True)  # the fused kernels compute no mask gradient
     with ao.strict():
         ao.scaled_dot_product_attention(query, key, value)  # fused: fine
-        with pytest.raises(ao.FusedPathUnavailableError, match="float attn_mask"):
+        with pytest.raises(ao.FusedPathUnavailableError, match="requires grad"):
             ao.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         with ao.strict(False):  # nested: eager allowed again
             with pytest.warns(UserWarning):
@@ -299,9 +300,8 @@ def test_arguments_of_the_wrong_type_raise_type_error_as_torch_does(kwargs):
     (lambda: q_kv((1, 2, 3, 0), (1, 2, 4, 0)), {}),
     (lambda: q_kv((1, 2, 3, 0), (1, 2, 4, 0)), {"scale": 0.5}),
     (lambda: (*q_kv((1, 2, 3, 0), (1, 2, 4, 0))[:2], torch.randn(1, 2, 4, 5)), {}),
-    (lambda: q_kv(), {"scale": float("inf")}),
     (lambda: q_kv(), {"dropout_p": 0}),
-], ids=["head-dim-0", "head-dim-0-scale", "head-dim-0-values", "infinite-scale", "int-dropout"])
+], ids=["head-dim-0", "head-dim-0-scale", "head-dim-0-values", "int-dropout"])
 def test_edge_values_give_what_torch_gives(make_args, kwargs):
     args = make_args()
     expected = torch_sdpa(*args, **kwargs)

@@ -1,0 +1,176 @@
+"""The score pipeline shared by the forward and both backward kernels, in one place.
+
+Score of query i and key j, in float32 and in base-2 units (times log2(e), so the softmax
+runs on exp2):
+  1. s = scale * q_i . k_j;
+  2. softcap c: s = c * tanh(s / c);
+  3. ALiBi: s -= slope_h * |j - d_i|;
+  4. a float mask: s += mask[i, j];
+  5. -inf where the key is hidden: past Lk, a bool mask False, outside the band
+     d_i - left <= j <= d_i + right (causal is right = 0), with d_i = i + diagonal_offset.
+Sinks join the softmax denominator in the kernels' running state, not here.
+
+Tiles are addressed through broadcastable index tensors ``i_q`` (query rows) and ``i_k``
+(key columns): [M, 1] and [1, N] for a [BLOCK_M, BLOCK_N] tile, or [1, M] and [N, 1] for the
+dK/dV kernel's transposed tiles, so one function serves both orientations.
+
+``band_tiles`` decides which tiles a program visits at all, and which of those need the
+masked path: a windowed row costs O(window), not O(L).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import LOG2E
+
+MASK_NONE: tl.constexpr = tl.constexpr(0)
+MASK_BOOL: tl.constexpr = tl.constexpr(1)
+MASK_FLOAT: tl.constexpr = tl.constexpr(2)
+
+
+@triton.jit
+def _tanh(x):
+    """tanh through exp2 (the interpreter has no libdevice): 1 - 2 / (e^(2x) + 1), exact at
+    both saturated ends."""
+    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)
+
+
+@triton.jit
+def base2_scores(b_qk, i_q, i_k, qk_scale, softcap_scale, softcap_base2, slope_base2,
+                 diagonal_offset, seqlen_q, seqlen_k, p_mask, stride_mask_m, stride_mask_n,
+                 SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, MASK_KIND: tl.constexpr):
+    """Steps 1-4 on a tile of raw dot products ``b_qk``: (scores in base 2, tanh of the
+    softcap or 0). ``qk_scale`` = scale * log2(e); ``softcap_scale`` = scale / c;
+    ``softcap_base2`` = c * log2(e); ``slope_base2`` = the head's slope * log2(e)."""
+    b_tanh = 0.0
+    if SOFTCAP:
+        b_tanh = _tanh(b_qk * softcap_scale)
+        b_s = b_tanh * softcap_base2
+    else:
+        b_s = b_qk * qk_scale
+    if HAS_ALIBI:
+        b_s -= slope_base2 * tl.abs(i_k - (i_q + diagonal_offset)).to(tl.float32)
+    if MASK_KIND == MASK_FLOAT:
+        m_in = (i_q < seqlen_q) & (i_k < seqlen_k)
+        b_mask = tl.load(p_mask + i_q * stride_mask_m + i_k * stride_mask_n, mask=m_in, other=0.0)
+        b_s += b_mask.to(tl.float32) * 1.4426950408889634
+    return b_s, b_tanh
+
+
+@triton.jit
+def visible(i_q, i_k, seqlen_q, seqlen_k, diagonal_offset, window_left, window_right,
+            p_mask, stride_mask_m, stride_mask_n,
+            HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr):
+    """Step 5: bool tile, True where key i_k exists, lies in query i_q's band and the bool
+    mask (uint8, nonzero = attend; p_mask at this (batch, head)) allows it."""
+    m_visible = i_k < seqlen_k
+    if HAS_RIGHT:
+        m_visible = m_visible & (i_k <= i_q + (diagonal_offset + window_right))
+    if HAS_LEFT:
+        m_visible = m_visible & (i_k >= i_q + (diagonal_offset - window_left))
+    if MASK_KIND == MASK_BOOL:
+        m_in = (i_q < seqlen_q) & m_visible
+        b_mask = tl.load(p_mask + i_q * stride_mask_m + i_k * stride_mask_n, mask=m_in, other=0)
+        m_visible = m_visible & (b_mask != 0)
+    return m_visible
+
+
+@triton.jit
+def band_tiles(x_start, y_len, band_lo, band_hi, RAGGED_X,
+               BLOCK_X: tl.constexpr, BLOCK_Y: tl.constexpr,
+               HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ALL_MASKED: tl.constexpr):
+    """The streamed tiles of a program whose resident tile holds x_start .. x_start+BLOCK_X-1,
+    when x sees y only for band_lo <= y - x <= band_hi (a side without HAS_* is unbounded).
+
+    Returns (start, full_start, full_end, end), multiples of BLOCK_Y but ``end`` (and a
+    ``start`` equal to it when nothing is visible): tiles in
+    [start, end) hold a visible pair; those in [full_start, full_end) are wholly visible to
+    every x (no mask needed); the rest straddle a band edge, the ragged end of y, or, with
+    ``ALL_MASKED`` (a mask) or ``RAGGED_X`` (the resident tile runs past its length, whose
+    padding must not meet unmasked scores), are all masked. start <= full_start <= full_end
+    <= end.
+    """
+    start = 0
+    end = y_len
+    if HAS_LO:
+        start = (tl.maximum(x_start + band_lo, 0) // BLOCK_Y) * BLOCK_Y
+    if HAS_HI:
+        end = tl.minimum(y_len, tl.maximum(x_start + BLOCK_X + band_hi, 0))
+    start = tl.minimum(start, end)  # past the end: nothing to visit
+    full_start = start
+    full_end = (y_len // BLOCK_Y) * BLOCK_Y
+    if HAS_LO:  # every x of the tile sees y >= x_start + BLOCK_X - 1 + band_lo
+        full_start = tl.cdiv(tl.maximum(x_start + BLOCK_X - 1 + band_lo, 0), BLOCK_Y) * BLOCK_Y
+    if HAS_HI:  # ... and y <= x_start + band_hi
+        full_end = tl.minimum(full_end,
+                              (tl.maximum(x_start + band_hi + 1, 0) // BLOCK_Y) * BLOCK_Y)
+    if ALL_MASKED:
+        full_end = start
+    full_end = tl.where(RAGGED_X, start, full_end)
+    full_start = tl.minimum(tl.maximum(full_start, start), end)
+    full_end = tl.minimum(tl.maximum(full_end, full_start), end)
+    return start, full_start, full_end, end
+
+
+@dataclass(frozen=True)
+class ScoreMods:
+    """Host side of the pipeline: the modifiers of one call, checked by the caller.
+
+    ``window`` is (left, right) with None for an unbounded side; ``causal`` bounds the right
+    side at the diagonal; ``bottom_right`` puts query i's diagonal at key i + Lk - Lq.
+    ``attn_mask`` is bool or float, expanded to (B, Hq, Lq, Lk) (zero strides broadcast);
+    ``alibi_slopes`` float32 (Hq,) or (B, Hq); ``sinks`` (Hq,).
+    """
+
+    causal: bool = False
+    window: tuple[int | None, int | None] | None = None
+    bottom_right: bool = False
+    softcap: float | None = None
+    attn_mask: torch.Tensor | None = None
+    alibi_slopes: torch.Tensor | None = None
+    sinks: torch.Tensor | None = None
+
+    def bounds(self) -> tuple[int | None, int | None]:
+        """(left, right) band around the diagonal, None where unbounded."""
+        left, right = self.window if self.window is not None else (None, None)
+        if self.causal:
+            right = 0 if right is None else min(right, 0)
+        return left, right
+
+    def mask_kind(self) -> int:
+        if self.attn_mask is None:
+            return MASK_NONE.value
+        return MASK_BOOL.value if self.attn_mask.dtype == torch.bool else MASK_FLOAT.value
+
+    def kernel_args(self, scale: float, seqlen_q: int, seqlen_k: int,
+                    placeholder: torch.Tensor) -> tuple:
+        """The runtime arguments every attention kernel takes after its tensors, in order:
+        mask, slopes, sinks pointers and strides, then the scalars of the pipeline."""
+        left, right = self.bounds()
+        mask = placeholder if self.attn_mask is None else (
+            self.attn_mask.view(torch.uint8) if self.attn_mask.dtype == torch.bool
+            else self.attn_mask)
+        mask_strides = (0, 0, 0, 0) if self.attn_mask is None else self.attn_mask.stride()
+        slopes = placeholder if self.alibi_slopes is None else self.alibi_slopes
+        slope_strides = (0, 0) if self.alibi_slopes is None else (
+            (0, 1) if self.alibi_slopes.dim() == 1 else self.alibi_slopes.stride())
+        sinks = placeholder if self.sinks is None else self.sinks
+        softcap = self.softcap or 1.0
+        return (
+            mask, slopes, sinks, *mask_strides, *slope_strides,
+            scale * LOG2E, scale / softcap, softcap * LOG2E,
+            seqlen_k - seqlen_q if self.bottom_right else 0, left or 0, right or 0,
+        )
+
+    def kernel_flags(self) -> dict:
+        left, right = self.bounds()
+        return dict(
+            HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
+            SOFTCAP=self.softcap is not None, HAS_ALIBI=self.alibi_slopes is not None,
+            MASK_KIND=self.mask_kind(), HAS_SINKS=self.sinks is not None,
+        )
