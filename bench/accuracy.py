@@ -25,19 +25,19 @@ class Expected:
 
 
 def float64_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, *, causal: bool
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, **options: object
 ) -> Expected:
-    """``reference.scaled_dot_product_attention(..., compute_dtype=torch.float64)`` and its
-    gradients for ``dout``, computed in head chunks of at most CHUNK_BYTES of scores."""
+    """``reference.scaled_dot_product_attention(q, k, v, **options,
+    compute_dtype=torch.float64)`` and its gradients for ``dout``, computed in head chunks of at
+    most CHUNK_BYTES of scores."""
     b, h, n, _ = q.shape
     heads = max(1, CHUNK_BYTES // (b * n * k.shape[-2] * 8))
     parts: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, h, heads):
         sl = slice(start, start + heads)
         q64, k64, v64 = (t[:, sl].detach().to(torch.float64).requires_grad_() for t in (q, k, v))
-        out = reference.scaled_dot_product_attention(
-            q64, k64, v64, causal=causal, compute_dtype=torch.float64
-        )
+        out = reference.scaled_dot_product_attention(q64, k64, v64, **options,
+                                                     compute_dtype=torch.float64)
         grads = torch.autograd.grad(out, (q64, k64, v64), dout[:, sl].to(torch.float64))
         parts.append((out.detach(), *grads))
     return Expected(*(torch.cat(tensors, dim=1) for tensors in zip(*parts, strict=True)))

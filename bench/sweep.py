@@ -6,11 +6,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from tqdm import tqdm
 
-from attention_ops import reference
-from bench.accuracy import CHUNK_BYTES, Expected
+from bench.accuracy import float64_reference
 from bench.cases import Case
 from bench.measure import Inputs, Row, Timing, error_status, measure
 from bench.providers import AttentionFn, Provider
@@ -45,7 +43,9 @@ def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Seque
     bar = tqdm(total=len(cases) * len(providers) * len(modes), unit="row")
     for case in cases:
         x = Inputs.random(case)
-        expected = float64_expected(case, x) if case.dropout_p == 0 else None
+        expected = (float64_reference(x.q, x.k, x.v, x.dout, causal=case.causal,
+                                      window=case.window_arg, softcap=case.softcap)
+                    if case.dropout_p == 0 else None)
         for provider in providers:
             bar.set_postfix_str(f"{provider.name} {case.label()}")
             prepared = _prepare(provider, case)
@@ -60,25 +60,6 @@ def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Seque
     bar.close()
     add_speedups(rows)
     return rows
-
-
-def float64_expected(case: Case, x: Inputs) -> Expected:
-    """``reference.scaled_dot_product_attention(..., compute_dtype=torch.float64)`` with the
-    case's masking, window and softcap, and its gradients for ``x.dout``, computed in head
-    chunks of at most ``CHUNK_BYTES`` of scores."""
-    b, h, n, _ = x.q.shape
-    heads = max(1, CHUNK_BYTES // (b * n * n * 8))
-    parts: list[tuple[torch.Tensor, ...]] = []
-    for start in range(0, h, heads):
-        sl = slice(start, start + heads)
-        q, k, v = (t[:, sl].detach().to(torch.float64).requires_grad_()
-                   for t in (x.q, x.k, x.v))
-        out = reference.scaled_dot_product_attention(
-            q, k, v, causal=case.causal, window=case.window_arg, softcap=case.softcap,
-            compute_dtype=torch.float64)
-        grads = torch.autograd.grad(out, (q, k, v), x.dout[:, sl].to(torch.float64))
-        parts.append((out.detach(), *grads))
-    return Expected(*(torch.cat(tensors, dim=1) for tensors in zip(*parts, strict=True)))
 
 
 def _prepare(provider: Provider, case: Case) -> AttentionFn | str:
