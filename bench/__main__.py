@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.cases import DTYPES, INTERPRETER_MAX_WORK, MODES, Case, sweep_cases
-from bench.measure import Timing
+from bench.measure import Row, Timing
 from bench.plots import plot_vs_seqlen
 from bench.providers import PROVIDER_NAMES, providers_named
 from bench.report import (
@@ -34,7 +34,7 @@ from bench.report import (
     markdown_table,
     write_csv,
 )
-from bench.sweep import SweepRow, run_sweep
+from bench.sweep import run_sweep
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -205,12 +205,12 @@ def unused_windows(cases: Sequence[Case], windows: Sequence[int]) -> list[int]:
     return [w for w in windows if not any(c.window == w for c in cases)]
 
 
-def as_records(rows: Sequence[SweepRow]) -> list[dict[str, object]]:
+def as_records(rows: Sequence[Row]) -> list[dict[str, object]]:
     """The rows as dicts, their fields in the order of COLUMNS."""
     return [{field: getattr(r, field) for field in COLUMNS} for r in rows]
 
 
-def write_results(rows: list[SweepRow], header: list[str], plot_title: str, out: Path) -> None:
+def write_results(rows: list[Row], header: list[str], plot_title: str, out: Path) -> None:
     """results.csv, results.md, tflops.png and memory.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     records = as_records(rows)

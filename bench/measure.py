@@ -20,7 +20,8 @@ class Row:
 
     ``status`` is "ok", "unavailable: <reason>", "OOM" or "error: <exception>"; the numbers are
     NaN unless it is "ok", and the errors are NaN on dropout rows (p > 0) too. Column names
-    (b, h, n, d) follow ../shared/anchors-h100.csv; ``p`` is the dropout probability.
+    (b, h, n, d) follow ../shared/anchors-h100.csv; ``p`` is the dropout probability, ``window``
+    and ``softcap`` the case's sliding window and softcap (None: none).
     """
 
     provider: str
@@ -32,6 +33,8 @@ class Row:
     causal: bool
     dtype: str
     p: float
+    window: int | None = None
+    softcap: float | None = None
     status: str = "ok"
     ms: float = math.nan
     tflops: float = math.nan
@@ -45,7 +48,12 @@ class Row:
     def for_case(cls, provider: str, mode: str, case: Case, status: str = "ok") -> Row:
         """A row for ``case`` with no measurements yet."""
         return cls(provider, mode, case.b, case.h, case.n, case.d, case.causal, case.dtype_name,
-                   case.dropout_p, status)
+                   case.dropout_p, case.window, case.softcap, status)
+
+    def problem(self) -> tuple:
+        """What rows of different providers share when they solve the same problem."""
+        return (self.b, self.h, self.n, self.d, self.causal, self.window, self.softcap,
+                self.dtype, self.p, self.mode)
 
 
 @dataclass(frozen=True)

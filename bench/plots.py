@@ -10,10 +10,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from bench.cases import MODES
-from bench.sweep import SweepRow
+from bench.measure import Row
 
 
-def _panel(row: SweepRow) -> tuple:
+def _panel(row: Row) -> tuple:
     return (row.mode, row.d, row.causal, row.window, row.softcap)
 
 
@@ -30,7 +30,7 @@ def _panel_title(panel: tuple) -> str:
     return title + ("" if softcap is None else f", softcap {softcap:g}")
 
 
-def plot_vs_seqlen(rows: Sequence[SweepRow], metric: str, ylabel: str, title: str, path: Path
+def plot_vs_seqlen(rows: Sequence[Row], metric: str, ylabel: str, title: str, path: Path
                    ) -> None:
     """Plot ``metric`` (a Row field) against sequence length for every ok provider row.
 

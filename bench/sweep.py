@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from tqdm import tqdm
 
@@ -14,32 +13,13 @@ from bench.measure import Inputs, Row, Timing, error_status, measure
 from bench.providers import AttentionFn, Provider
 
 
-@dataclass
-class SweepRow(Row):
-    """A results row that also names the case's sliding window and softcap (None: none)."""
-
-    window: int | None = None
-    softcap: float | None = None
-
-    @classmethod
-    def for_case(cls, provider: str, mode: str, case: Case, status: str = "ok") -> SweepRow:
-        row = super().for_case(provider, mode, case, status)
-        row.window, row.softcap = case.window, case.softcap
-        return row
-
-    def problem(self) -> tuple:
-        """What rows of different providers share when they solve the same problem."""
-        return (self.b, self.h, self.n, self.d, self.causal, self.window, self.softcap,
-                self.dtype, self.p, self.mode)
-
-
 def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Sequence[str],
-              timing: Timing) -> list[SweepRow]:
+              timing: Timing) -> list[Row]:
     """One row per (case, provider, mode). All providers of a case share its random inputs
     and its float64 reference (none for a case with dropout: the providers' masks differ, so
     their errors against it would mean nothing); a provider that cannot run, or fails to build,
     still gets its rows, with the reason as status."""
-    rows: list[SweepRow] = []
+    rows: list[Row] = []
     bar = tqdm(total=len(cases) * len(providers) * len(modes), unit="row")
     for case in cases:
         x = Inputs.random(case)
@@ -50,11 +30,11 @@ def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Seque
             bar.set_postfix_str(f"{provider.name} {case.label()}")
             prepared = _prepare(provider, case)
             if isinstance(prepared, str):
-                rows += [SweepRow.for_case(provider.name, m, case, prepared) for m in modes]
+                rows += [Row.for_case(provider.name, m, case, prepared) for m in modes]
                 bar.update(len(modes))
                 continue
             for mode in modes:
-                rows.append(measure(SweepRow.for_case(provider.name, mode, case), prepared, case,
+                rows.append(measure(Row.for_case(provider.name, mode, case), prepared, case,
                                     x, expected, timing))
                 bar.update()
     bar.close()
@@ -71,10 +51,10 @@ def _prepare(provider: Provider, case: Case) -> AttentionFn | str:
         return error_status(exc)
 
 
-def add_speedups(rows: list[SweepRow]) -> None:
+def add_speedups(rows: list[Row]) -> None:
     """Set each ok row's speedup over eager and over the fastest other ok provider of the same
     problem (case and mode; time of the other / own time; NaN when there is none)."""
-    problems: dict[tuple, list[SweepRow]] = {}
+    problems: dict[tuple, list[Row]] = {}
     for row in rows:
         if row.status == "ok":
             problems.setdefault(row.problem(), []).append(row)
