@@ -69,14 +69,15 @@ class _NotLaunched:
 
 # Score-pipeline variants the report can compile (``--variants``): each turns on the
 # constexpr switches of the modifiers it names.
-VARIANTS = ("plain", "window", "softcap", "alibi", "sinks", "float-mask", "all")
+# "value-dim" gives the values half the query/key head dim (Dv != D, as DeepSeek's 192/128).
+VARIANTS = ("plain", "window", "softcap", "alibi", "sinks", "float-mask", "value-dim", "all")
 
 
 def score_mods(variant: str, causal: bool, mask: bool, heads: int, seqlen: int) -> ScoreMods:
     """The modifiers of ``variant`` for a (1, heads, seqlen, seqlen) problem: a 256-key sliding
     window, softcap 50 (Gemma 2), ALiBi slopes, sinks, a float mask broadcast over heads;
     ``mask`` adds a key-padding bool mask (unless the variant brings its float mask)."""
-    wanted = set(VARIANTS[1:-1]) if variant == "all" else {variant}
+    wanted = set(VARIANTS[1:-1]) if variant == "all" else {variant}  # value-dim: not a mod
     attn_mask = None
     if "float-mask" in wanted:
         attn_mask = torch.zeros(1, 1, seqlen, seqlen).expand(1, heads, seqlen, seqlen)
@@ -97,7 +98,9 @@ def captured_launches(head_dim: int, causal: bool, dtype: str, dropout: bool, ma
     (1, heads, seqlen, head_dim); a key-padding mask broadcast over heads and queries) with
     every launch recorded instead of run: {kind: (kernel, args, flags)}."""
     shape = (1, heads, seqlen, head_dim)
-    q, k, v, out, do, dq, dk, dv = (torch.empty(shape, dtype=DTYPES[dtype]) for _ in range(8))
+    shape_v = (1, heads, seqlen, head_dim // 2 if variant in ("value-dim", "all") else head_dim)
+    q, k, dq, dk = (torch.empty(shape, dtype=DTYPES[dtype]) for _ in range(4))
+    v, out, do, dv = (torch.empty(shape_v, dtype=DTYPES[dtype]) for _ in range(4))
     lse = torch.zeros(shape[:3])
     seed = torch.zeros(1, dtype=torch.int64)
     options = dict(scale=head_dim ** -0.5, dropout_p=0.1 if dropout else 0.0, seed=seed,
