@@ -4,14 +4,17 @@
 wrappers, validation and dispatch live in ``attention_ops``.
 """
 
-from .dropout import materialize_keep_mask
+from .dropout import DropoutStream, materialize_keep_mask
 from .flash_bwd import attention_backward
 from .flash_fwd import attention_forward
 from .launch import LN2, interpreter_requested_too_late, is_interpreter, use_autotuning
 from .score import ScoreMods
+from .varlen import PackedSequences
 
 __all__ = [
     "LN2",
+    "DropoutStream",
+    "PackedSequences",
     "ScoreMods",
     "attention_backward",
     "attention_forward",

@@ -12,8 +12,28 @@ The forward and both backward kernels regenerate the same mask from any tiling (
 at multiples of eight columns), and nothing L x L is ever stored.
 """
 
+from typing import NamedTuple
+
 import triton
 import triton.language as tl
+
+
+class DropoutStream(NamedTuple):
+    """Where one launch's attention weights sit in the dropout stream: query row r of head bh
+    (bh = b * Hq + h) is stream row ``bh * rows + row_offset + r`` and key column j is stream
+    column ``col_offset + j`` of a ``cols``-column grid (``col_offset`` a multiple of 8).
+
+    A launch over the whole problem is ``(Lq, 0, Lk, 0)``. A launch over a block of a longer
+    sequence (a context-parallel shard) names the block's place in the whole, so it draws
+    exactly the decisions the whole problem's launch would. Packed sequences use
+    ``(Tq, 0, Tk, 0)``: the kernel adds each sequence's first token to the row, and its keys
+    count from 0 (a query row belongs to one sequence, so every pair keeps its own number).
+    """
+
+    rows: int
+    row_offset: int
+    cols: int
+    col_offset: int
 
 
 def dropout_args(dropout_p: float) -> tuple[int, float]:
@@ -42,26 +62,26 @@ def _keep_groups(seed, counters, drop_below):
 
 
 @triton.jit
-def keep_mask(seed, rows, start_n, seqlen_k, drop_below,
+def keep_mask(seed, rows, start_n, stream_cols, drop_below,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """[BLOCK_M, BLOCK_N] bool, True where the weight survives.
 
-    ``rows`` [BLOCK_M] int64 are global query rows (bh * Lq + row); the columns are
-    start_n + arange(BLOCK_N), with start_n a multiple of 8.
+    ``rows`` [BLOCK_M] int64 are stream rows (``DropoutStream``); the columns are stream
+    columns start_n + arange(BLOCK_N) of ``stream_cols``, with start_n a multiple of 8.
     """
     offs_g = start_n // 8 + tl.arange(0, BLOCK_N // 8)
-    counters = rows[:, None] * tl.cdiv(seqlen_k, 8) + offs_g[None, :]  # [BLOCK_M, BLOCK_N//8]
+    counters = rows[:, None] * tl.cdiv(stream_cols, 8) + offs_g[None, :]  # [BLOCK_M, BLOCK_N//8]
     return tl.reshape(_keep_groups(seed, counters, drop_below), [BLOCK_M, BLOCK_N])
 
 
 @triton.jit
-def keep_mask_t(seed, rows, start_n, seqlen_k, drop_below,
+def keep_mask_t(seed, rows, start_n, stream_cols, drop_below,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``keep_mask`` transposed, [BLOCK_N, BLOCK_M], for the dK/dV kernel's transposed tiles.
     Generated in that orientation: the sm_90a compile report shows fewer spilled registers
     than transposing the [BLOCK_M, BLOCK_N] mask."""
     offs_g = start_n // 8 + tl.arange(0, BLOCK_N // 8)
-    counters = rows[None, :] * tl.cdiv(seqlen_k, 8) + offs_g[:, None]  # [BLOCK_N//8, BLOCK_M]
+    counters = rows[None, :] * tl.cdiv(stream_cols, 8) + offs_g[:, None]  # [BLOCK_N//8, BLOCK_M]
     b_keep = tl.permute(_keep_groups(seed, counters, drop_below), (0, 2, 3, 4, 1))
     return tl.reshape(b_keep, [BLOCK_N, BLOCK_M])
 

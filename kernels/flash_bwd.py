@@ -21,9 +21,10 @@ import triton.language as tl
 
 from .casting import dot_operand, downcast
 from .configs import INTERPRETER_META, head_dim_block
-from .dropout import dropout_args, keep_mask, keep_mask_t
+from .dropout import DropoutStream, dropout_args, keep_mask, keep_mask_t
 from .launch import is_interpreter, kernel_flags, launch, needs_int64_rows, seqlen_bucket
 from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
+from .varlen import PackedSequences, packed_args, sequence_span, sequence_tile
 
 
 @triton.jit
@@ -99,9 +100,9 @@ def _dkdv_q_loop(
     b_dk, b_dv, b_k, b_v,
     p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
     p_mask, stride_mask_m, stride_mask_n, slope_base2,
-    start_n, offs_n, offs_d, offs_dv, i_bh, seed, drop_below, dropout_scale,
-    qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
-    seqlen_q, seqlen_k, start, end, start2, end2,
+    start_n, offs_n, offs_d, offs_dv, rng_row0, rng_cols, rng_col_offset, seed, drop_below,
+    dropout_scale, qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left,
+    window_right, seqlen_q, seqlen_k, start, end, start2, end2,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_LEFT: tl.constexpr,
     HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
@@ -141,7 +142,7 @@ def _dkdv_q_loop(
         b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)
         b_pt_dropped = b_pt
         if HAS_DROPOUT:
-            b_keep = keep_mask_t(seed, i_bh * seqlen_q + offs_m, start_n, seqlen_k,
+            b_keep = keep_mask_t(seed, rng_row0 + offs_m, rng_col_offset + start_n, rng_cols,
                                  drop_below, BLOCK_M, BLOCK_N)
             b_pt_dropped = tl.where(b_keep, b_pt * dropout_scale, 0.0)
             b_dpt = tl.where(b_keep, b_dpt * dropout_scale, 0.0)
@@ -161,8 +162,9 @@ def _dkdv_q_loop(
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA, SEED, MASK, SLOPES, SINKS,
     stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n, stride_slope_b, stride_slope_h,
-    qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
-    sm_scale, drop_below, dropout_scale,
+    qk_scale, softcap_scale, softcap_base2, bottom_right, window_left, window_right,
+    sm_scale, drop_below, dropout_scale, rng_rows_per_head, rng_row_offset, rng_cols,
+    rng_col_offset, CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -175,14 +177,33 @@ def _attn_bwd_dkdv_kernel(
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr, MASK_KIND: tl.constexpr, HAS_SINKS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
-    INT64_ROWS: tl.constexpr,
+    INT64_ROWS: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """dK: [B, Hkv, Lk, D], dV: [B, Hkv, Lk, Dv]; LSE (base 2) and DELTA: [B, Hq, Lq] fp32.
-    Grid: (cdiv(Lk, BLOCK_N), B * Hkv)."""
+    Grid: (cdiv(Lk, BLOCK_N), B * Hkv); VARLEN (see the forward): (Lk // BLOCK_N + n_seqs, Hkv).
+    """
     i_n = tl.program_id(0)
     i_bhk = tl.program_id(1).to(tl.int64)
     i_b = i_bhk // n_heads_kv
     i_hk = i_bhk % n_heads_kv
+    rows_per_head = seqlen_q  # LSE and DELTA rows, before seqlen_q becomes a sequence's
+    q_start = 0
+    if VARLEN:
+        i_seq, i_n = sequence_tile(CU_SEQLENS_K, n_seqs, search_steps, i_n, BLOCK_N)
+        q_start, seqlen_q = sequence_span(CU_SEQLENS_Q, i_seq)
+        k_start, seqlen_k = sequence_span(CU_SEQLENS_K, i_seq)
+        if i_n * BLOCK_N >= seqlen_k:  # a gap program
+            return
+        if INT64_ROWS:
+            q_start = q_start.to(tl.int64)
+            k_start = k_start.to(tl.int64)
+        Q += q_start * stride_qm
+        DO += q_start * stride_dom
+        K += k_start * stride_kn
+        V += k_start * stride_vn
+        DK += k_start * stride_dkn
+        DV += k_start * stride_dvn
+    diagonal_offset = bottom_right * (seqlen_k - seqlen_q)
 
     offs_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -217,8 +238,9 @@ def _attn_bwd_dkdv_kernel(
         i_bh = i_b * n_heads_kv * group_size + i_h
         p_q = Q + i_b * stride_qb + i_h * stride_qh + offs_d[None, :] * stride_qd
         p_do = DO + i_b * stride_dob + i_h * stride_doh + offs_dv[None, :] * stride_dod
-        p_lse = LSE + i_bh * seqlen_q
-        p_delta = DELTA + i_bh * seqlen_q
+        p_lse = LSE + i_bh * rows_per_head + q_start
+        p_delta = DELTA + i_bh * rows_per_head + q_start
+        rng_row0 = i_bh * rng_rows_per_head + rng_row_offset + q_start
         p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
         slope_base2 = 0.0
         if HAS_ALIBI:
@@ -227,7 +249,8 @@ def _attn_bwd_dkdv_kernel(
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
             p_mask, stride_mask_m, stride_mask_n, slope_base2,
-            i_n * BLOCK_N, offs_n, offs_d, offs_dv, i_bh, seed, drop_below, dropout_scale,
+            i_n * BLOCK_N, offs_n, offs_d, offs_dv, rng_row0, rng_cols, rng_col_offset, seed,
+            drop_below, dropout_scale,
             qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
             seqlen_q, seqlen_k, start=full_start, end=full_end, start2=full_end, end2=full_end,
             HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
@@ -238,7 +261,8 @@ def _attn_bwd_dkdv_kernel(
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
             p_mask, stride_mask_m, stride_mask_n, slope_base2,
-            i_n * BLOCK_N, offs_n, offs_d, offs_dv, i_bh, seed, drop_below, dropout_scale,
+            i_n * BLOCK_N, offs_n, offs_d, offs_dv, rng_row0, rng_cols, rng_col_offset, seed,
+            drop_below, dropout_scale,
             qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
             seqlen_q, seqlen_k, start=start, end=full_start, start2=full_end, end2=end,
             HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
@@ -259,9 +283,9 @@ def _attn_bwd_dkdv_kernel(
 def _dq_kv_loop(
     b_dq, b_q, b_do, b_lse, b_delta,
     p_k, p_v, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
-    p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, seed, drop_below,
-    dropout_scale, qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left,
-    window_right, seqlen_q, seqlen_k, start, end, start2, end2,
+    p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols, rng_col_offset, seed,
+    drop_below, dropout_scale, qk_scale, softcap_scale, softcap_base2, diagonal_offset,
+    window_left, window_right, seqlen_q, seqlen_k, start, end, start2, end2,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_LEFT: tl.constexpr,
     HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
@@ -298,7 +322,8 @@ def _dq_kv_loop(
         # [BLOCK_M, BLOCK_N]
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
         if HAS_DROPOUT:
-            b_keep = keep_mask(seed, rng_rows, start_n, seqlen_k, drop_below, BLOCK_M, BLOCK_N)
+            b_keep = keep_mask(seed, rng_rows, rng_col_offset + start_n, rng_cols, drop_below,
+                               BLOCK_M, BLOCK_N)
             b_dp = tl.where(b_keep, b_dp * dropout_scale, 0.0)
         b_ds = b_p * (b_dp - b_delta[:, None])
         if SOFTCAP:
@@ -313,8 +338,9 @@ def _dq_kv_loop(
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, SEED, MASK, SLOPES, SINKS,
     stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n, stride_slope_b, stride_slope_h,
-    qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
-    sm_scale, drop_below, dropout_scale,
+    qk_scale, softcap_scale, softcap_base2, bottom_right, window_left, window_right,
+    sm_scale, drop_below, dropout_scale, rng_rows_per_head, rng_row_offset, rng_cols,
+    rng_col_offset, CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -326,9 +352,10 @@ def _attn_bwd_dq_kernel(
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr, MASK_KIND: tl.constexpr, HAS_SINKS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
-    INT64_ROWS: tl.constexpr,
+    INT64_ROWS: tl.constexpr, VARLEN: tl.constexpr,
 ):
-    """dQ: [B, Hq, Lq, D]. Grid: (cdiv(Lq, BLOCK_M), B * Hq)."""
+    """dQ: [B, Hq, Lq, D]. Grid: (cdiv(Lq, BLOCK_M), B * Hq); VARLEN (see the forward):
+    (Lq // BLOCK_M + n_seqs, Hq)."""
     i_m = tl.program_id(0)
     if HAS_RIGHT and not HAS_LEFT:  # causal: the last query tiles see the most keys
         i_m = tl.num_programs(0) - 1 - i_m
@@ -336,6 +363,25 @@ def _attn_bwd_dq_kernel(
     i_b = i_bh // n_heads_q
     i_h = i_bh % n_heads_q
     i_hk = i_h // group_size
+    row0 = i_bh * seqlen_q  # LSE and DELTA rows, before seqlen_q becomes a sequence's
+    rng_row0 = i_bh * rng_rows_per_head + rng_row_offset
+    if VARLEN:
+        i_seq, i_m = sequence_tile(CU_SEQLENS_Q, n_seqs, search_steps, i_m, BLOCK_M)
+        q_start, seqlen_q = sequence_span(CU_SEQLENS_Q, i_seq)
+        k_start, seqlen_k = sequence_span(CU_SEQLENS_K, i_seq)
+        if i_m * BLOCK_M >= seqlen_q:  # a gap program
+            return
+        if INT64_ROWS:
+            q_start = q_start.to(tl.int64)
+            k_start = k_start.to(tl.int64)
+        Q += q_start * stride_qm
+        DO += q_start * stride_dom
+        DQ += q_start * stride_dqm
+        K += k_start * stride_kn
+        V += k_start * stride_vn
+        row0 += q_start
+        rng_row0 += q_start
+    diagonal_offset = bottom_right * (seqlen_k - seqlen_q)
 
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -353,8 +399,8 @@ def _attn_bwd_dq_kernel(
     if INTERPRET_BF16:
         b_q = b_q.to(tl.float32)
         b_do = b_do.to(tl.float32)
-    b_lse = row_lse(LSE + i_bh * seqlen_q + offs_m, m_rows)
-    b_delta = tl.load(DELTA + i_bh * seqlen_q + offs_m, mask=m_rows, other=0.0)
+    b_lse = row_lse(LSE + row0 + offs_m, m_rows)
+    b_delta = tl.load(DELTA + row0 + offs_m, mask=m_rows, other=0.0)
     p_k = K + i_b * stride_kb + i_hk * stride_kh + offs_d[None, :] * stride_kd
     p_v = V + i_b * stride_vb + i_hk * stride_vh + offs_dv[None, :] * stride_vd
     p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
@@ -364,7 +410,7 @@ def _attn_bwd_dq_kernel(
         slope_base2 = slope * 1.4426950408889634
 
     seed = 0
-    rng_rows = i_bh * seqlen_q + offs_m  # global query rows: the dropout stream's key
+    rng_rows = rng_row0 + offs_m  # the dropout stream's rows
     if HAS_DROPOUT:
         seed = tl.load(SEED)
 
@@ -374,9 +420,9 @@ def _attn_bwd_dq_kernel(
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d,
-        offs_dv, p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, seed,
-        drop_below, dropout_scale, qk_scale, softcap_scale, softcap_base2, diagonal_offset,
-        window_left, window_right, seqlen_q, seqlen_k,
+        offs_dv, p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols,
+        rng_col_offset, seed, drop_below, dropout_scale, qk_scale, softcap_scale,
+        softcap_base2, diagonal_offset, window_left, window_right, seqlen_q, seqlen_k,
         start=full_start, end=full_end, start2=full_end, end2=full_end,
         HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MASKED=False, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
@@ -385,9 +431,9 @@ def _attn_bwd_dq_kernel(
     )
     b_dq = _dq_kv_loop(
         b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d,
-        offs_dv, p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, seed,
-        drop_below, dropout_scale, qk_scale, softcap_scale, softcap_base2, diagonal_offset,
-        window_left, window_right, seqlen_q, seqlen_k,
+        offs_dv, p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols,
+        rng_col_offset, seed, drop_below, dropout_scale, qk_scale, softcap_scale,
+        softcap_base2, diagonal_offset, window_left, window_right, seqlen_q, seqlen_k,
         start=start, end=full_start, start2=full_end, end2=end,
         HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MASKED=True, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
@@ -415,11 +461,14 @@ def attention_backward(
     seed: torch.Tensor | None,
     mods: ScoreMods | None = None,
     int64_rows: bool | None = None,
+    packed: PackedSequences | None = None,
+    dropout_stream: DropoutStream | None = None,
 ) -> torch.Tensor | None:
     """Launch the backward: fills dq (shape of q), dk and dv (shapes of k, v).
 
-    ``out`` and ``lse`` (base 2) are the forward's results, ``seed`` and ``mods`` the
-    forward's (see ``attention_forward``). All tensors may have any strides.
+    ``out`` and ``lse`` (base 2) are the forward's results, ``seed``, ``mods``, ``packed``
+    and ``dropout_stream`` the forward's (see ``attention_forward``). All tensors may have any
+    strides.
 
     Returns:
         the sinks' gradient (Hq,) float32 when ``mods.sinks`` is set, else None.
@@ -443,26 +492,31 @@ def attention_backward(
         HAS_SINKS=mods.sinks is not None, INT64_ROWS=int64_rows,
     )
     common = (
-        *mods.kernel_args(scale, seqlen_q, seqlen_k, lse), scale, *dropout_args(dropout_p),
+        *mods.kernel_args(scale, lse), scale, *dropout_args(dropout_p),
+        *(dropout_stream or DropoutStream(seqlen_q, 0, seqlen_k, 0)), *packed_args(packed, lse),
         *q.stride(), *k.stride(), *v.stride(), *do.stride(),
     )
     bucket = seqlen_bucket(max(seqlen_q, seqlen_k))
     flags = dict(
         HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows, **mods.kernel_flags(),
-        **kernel_flags(q),
+        HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows, VARLEN=packed is not None,
+        **mods.kernel_flags(), **kernel_flags(q),
     )
+
+    def tiles(length: int, block: int) -> int:
+        return triton.cdiv(length, block) if packed is None else packed.programs(length, block)
+
     seed_arg = seed if has_dropout else lse
     launch(
         _attn_bwd_dkdv_kernel, "dkdv",
-        lambda meta: (triton.cdiv(seqlen_k, meta["BLOCK_N"]), batch * n_heads_kv),
+        lambda meta: (tiles(seqlen_k, meta["BLOCK_N"]), batch * n_heads_kv),
         (q, k, v, do, dk, dv, lse, delta, seed_arg, *common, *dk.stride(), *dv.stride(),
          n_heads_kv, group_size, seqlen_q, seqlen_k, bucket),
         flags,
     )
     launch(
         _attn_bwd_dq_kernel, "dq",
-        lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q),
+        lambda meta: (tiles(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q),
         (q, k, v, do, dq, lse, delta, seed_arg, *common, *dq.stride(),
          n_heads_q, group_size, seqlen_q, seqlen_k, bucket),
         flags,

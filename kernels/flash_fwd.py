@@ -14,18 +14,19 @@ import triton.language as tl
 
 from .casting import dot_operand, downcast
 from .configs import head_dim_block
-from .dropout import dropout_args, keep_mask
+from .dropout import DropoutStream, dropout_args, keep_mask
 from .launch import kernel_flags, launch, needs_int64_rows, seqlen_bucket
 from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
+from .varlen import PackedSequences, packed_args, sequence_span, sequence_tile
 
 
 @triton.jit
 def _fwd_kv_loop(
     b_acc, b_l, b_m, b_q,
     p_k, p_v, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
-    p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, seed, drop_below,
-    qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
-    seqlen_q, seqlen_k, start, end, start2, end2,
+    p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols, rng_col_offset,
+    seed, drop_below, qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left,
+    window_right, seqlen_q, seqlen_k, start, end, start2, end2,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_LEFT: tl.constexpr,
     HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
@@ -77,7 +78,8 @@ def _fwd_kv_loop(
         b_l = b_l * b_alpha + tl.sum(b_p, 1)
         if HAS_DROPOUT:
             # The normaliser uses every weight; only the value sum sees the dropped ones.
-            b_keep = keep_mask(seed, rng_rows, start_n, seqlen_k, drop_below, BLOCK_M, BLOCK_N)
+            b_keep = keep_mask(seed, rng_rows, rng_col_offset + start_n, rng_cols, drop_below,
+                               BLOCK_M, BLOCK_N)
             b_p = tl.where(b_keep, b_p, 0.0)
         # [BLOCK_M, Dv]
         b_acc = tl.dot(dot_operand(b_p, b_v, INTERPRET_BF16), b_v, b_acc * b_alpha[:, None],
@@ -90,8 +92,9 @@ def _fwd_kv_loop(
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, SEED, MASK, SLOPES, SINKS,
     stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n, stride_slope_b, stride_slope_h,
-    qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
-    drop_below, dropout_scale,
+    qk_scale, softcap_scale, softcap_base2, bottom_right, window_left, window_right,
+    drop_below, dropout_scale, rng_rows_per_head, rng_row_offset, rng_cols, rng_col_offset,
+    CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -102,12 +105,14 @@ def _attn_fwd_kernel(
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
     HAS_ALIBI: tl.constexpr, MASK_KIND: tl.constexpr, HAS_SINKS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, INTERPRET_BF16: tl.constexpr, PRECISION: tl.constexpr,
-    INT64_ROWS: tl.constexpr,
+    INT64_ROWS: tl.constexpr, VARLEN: tl.constexpr,
 ):
     """Q: [B, Hq, Lq, D], K: [B, Hkv, Lk, D], V: [B, Hkv, Lk, Dv] (any strides),
     O: [B, Hq, Lq, Dv], LSE: [B, Hq, Lq] fp32 base 2 (-inf for a row that sees no key and no
     sink), MASK: [B, Hq, Lq, Lk] uint8 or float (broadcast by zero strides), SLOPES: ALiBi
     slopes [B, Hq] (zero batch stride for [Hq]), SINKS: [Hq]. Grid: (cdiv(Lq, BLOCK_M), B * Hq).
+    VARLEN: B = 1 and Lq, Lk are the packed token counts; CU_SEQLENS_Q/K [n_seqs + 1] cut them
+    into sequences, each attended on its own. Grid: (Lq // BLOCK_M + n_seqs, Hq).
     """
     i_m = tl.program_id(0)
     if HAS_RIGHT and not HAS_LEFT:  # causal: the last query tiles see the most keys
@@ -116,6 +121,24 @@ def _attn_fwd_kernel(
     i_b = i_bh // n_heads_q
     i_h = i_bh % n_heads_q
     i_hk = i_h // group_size
+    p_lse = LSE + i_bh * seqlen_q  # before seqlen_q becomes one sequence's length
+    rng_row0 = i_bh * rng_rows_per_head + rng_row_offset
+    if VARLEN:
+        i_seq, i_m = sequence_tile(CU_SEQLENS_Q, n_seqs, search_steps, i_m, BLOCK_M)
+        q_start, seqlen_q = sequence_span(CU_SEQLENS_Q, i_seq)
+        k_start, seqlen_k = sequence_span(CU_SEQLENS_K, i_seq)
+        if i_m * BLOCK_M >= seqlen_q:  # a gap program
+            return
+        if INT64_ROWS:
+            q_start = q_start.to(tl.int64)
+            k_start = k_start.to(tl.int64)
+        Q += q_start * stride_qm
+        O += q_start * stride_om
+        K += k_start * stride_kn
+        V += k_start * stride_vn
+        p_lse += q_start
+        rng_row0 += q_start
+    diagonal_offset = bottom_right * (seqlen_k - seqlen_q)
 
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -139,7 +162,7 @@ def _attn_fwd_kernel(
         slope_base2 = slope * 1.4426950408889634
 
     seed = 0
-    rng_rows = i_bh * seqlen_q + offs_m  # global query rows: the dropout stream's key
+    rng_rows = rng_row0 + offs_m  # the dropout stream's rows
     if HAS_DROPOUT:
         seed = tl.load(SEED)
 
@@ -158,9 +181,10 @@ def _attn_fwd_kernel(
         False, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT, MASK_KIND != 0)
     b_acc, b_l, b_m = _fwd_kv_loop(
         b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
-        p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, seed, drop_below,
-        qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
-        seqlen_q, seqlen_k, start=full_start, end=full_end, start2=full_end, end2=full_end,
+        p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols, rng_col_offset,
+        seed, drop_below, qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left,
+        window_right, seqlen_q, seqlen_k,
+        start=full_start, end=full_end, start2=full_end, end2=full_end,
         HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MASKED=False, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
         HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
@@ -168,9 +192,10 @@ def _attn_fwd_kernel(
     )
     b_acc, b_l, b_m = _fwd_kv_loop(
         b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
-        p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, seed, drop_below,
-        qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
-        seqlen_q, seqlen_k, start=start, end=full_start, start2=full_end, end2=end,
+        p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols, rng_col_offset,
+        seed, drop_below, qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left,
+        window_right, seqlen_q, seqlen_k,
+        start=start, end=full_start, start2=full_end, end2=end,
         HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MASKED=True, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
         HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
@@ -185,7 +210,7 @@ def _attn_fwd_kernel(
     tl.store(p_o + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
              downcast(b_o, O.dtype.element_ty, INTERPRET_BF16), mask=m_o)
     b_lse = tl.where(b_l == 0.0, float("-inf"), b_m + tl.log2(b_l_safe))
-    tl.store(LSE + i_bh * seqlen_q + offs_m, b_lse, mask=m_rows)
+    tl.store(p_lse + offs_m, b_lse, mask=m_rows)
 
 
 def attention_forward(
@@ -200,6 +225,8 @@ def attention_forward(
     seed: torch.Tensor | None,
     mods: ScoreMods | None = None,
     int64_rows: bool | None = None,
+    packed: PackedSequences | None = None,
+    dropout_stream: DropoutStream | None = None,
 ) -> None:
     """Launch the forward: fills ``out`` (B, Hq, Lq, Dv) and ``lse`` (B, Hq, Lq) fp32, the
     base-2 log-sum-exp of the scores (with the sink's term; -inf for a row that sees nothing).
@@ -207,7 +234,9 @@ def attention_forward(
     q (B, Hq, Lq, D), k (B, Hkv, Lk, D) and v (B, Hkv, Lk, Dv) may have any strides. ``seed``
     is a one-element int64 tensor on the device (used when ``dropout_p > 0``). ``mods`` holds
     the score modifiers (``score.ScoreMods``). ``int64_rows`` forces (True) or forbids (False)
-    64-bit row offsets; None decides from the sizes.
+    64-bit row offsets; None decides from the sizes. ``packed``: B = 1, Lq and Lk count the
+    tokens of all sequences, and each sequence attends on its own (no attn_mask).
+    ``dropout_stream`` places the weights in the dropout stream (default (Lq, 0, Lk, 0)).
     """
     mods = mods or ScoreMods()
     batch, n_heads_q, seqlen_q, head_dim = q.shape
@@ -218,14 +247,20 @@ def attention_forward(
         int64_rows = needs_int64_rows(q, k, v, out, mods.attn_mask)
     args = (
         q, k, v, out, lse, seed if has_dropout else lse,
-        *mods.kernel_args(scale, seqlen_q, seqlen_k, lse), *dropout_args(dropout_p),
+        *mods.kernel_args(scale, lse), *dropout_args(dropout_p),
+        *(dropout_stream or DropoutStream(seqlen_q, 0, seqlen_k, 0)), *packed_args(packed, lse),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket(max(seqlen_q, seqlen_k)),
     )
     flags = dict(
         HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_dim_block(head_dim),
         BLOCK_DV=head_dim_block(head_dim_v), HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows,
-        **mods.kernel_flags(), **kernel_flags(q),
+        VARLEN=packed is not None, **mods.kernel_flags(), **kernel_flags(q),
     )
-    launch(_attn_fwd_kernel, "fwd",
-           lambda meta: (triton.cdiv(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q), args, flags)
+
+    def grid(meta):
+        tiles = (triton.cdiv(seqlen_q, meta["BLOCK_M"]) if packed is None
+                 else packed.programs(seqlen_q, meta["BLOCK_M"]))
+        return tiles, batch * n_heads_q
+
+    launch(_attn_fwd_kernel, "fwd", grid, args, flags)

@@ -63,8 +63,8 @@ def needs_int64_rows(*tensors: torch.Tensor | None) -> bool:
 
 # Tuning is cached per key: head dim, the constexpr switches, a coarse length bucket (and the
 # tensor dtypes, which Triton adds), so a training loop tunes once per shape family.
-AUTOTUNE_KEY = ["HEAD_DIM", "HEAD_DIM_V", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "HAS_ALIBI",
-                "MASK_KIND", "HAS_SINKS", "HAS_DROPOUT", "seqlen_bucket"]
+AUTOTUNE_KEY = ["HEAD_DIM", "HEAD_DIM_V", "VARLEN", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP",
+                "HAS_ALIBI", "MASK_KIND", "HAS_SINKS", "HAS_DROPOUT", "seqlen_bucket"]
 
 
 def tile_width(block_d: int, block_dv: int | None) -> int:

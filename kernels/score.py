@@ -147,10 +147,10 @@ class ScoreMods:
             return MASK_NONE.value
         return MASK_BOOL.value if self.attn_mask.dtype == torch.bool else MASK_FLOAT.value
 
-    def kernel_args(self, scale: float, seqlen_q: int, seqlen_k: int,
-                    placeholder: torch.Tensor) -> tuple:
+    def kernel_args(self, scale: float, placeholder: torch.Tensor) -> tuple:
         """The runtime arguments every attention kernel takes after its tensors, in order:
-        mask, slopes, sinks pointers and strides, then the scalars of the pipeline."""
+        mask, slopes, sinks pointers and strides, then the scalars of the pipeline (the
+        alignment as 0/1: kernels place the diagonal from each sequence's own lengths)."""
         left, right = self.bounds()
         mask = placeholder if self.attn_mask is None else (
             self.attn_mask.view(torch.uint8) if self.attn_mask.dtype == torch.bool
@@ -164,7 +164,7 @@ class ScoreMods:
         return (
             mask, slopes, sinks, *mask_strides, *slope_strides,
             scale * LOG2E, scale / softcap, softcap * LOG2E,
-            seqlen_k - seqlen_q if self.bottom_right else 0, left or 0, right or 0,
+            int(self.bottom_right), left or 0, right or 0,
         )
 
     def kernel_flags(self) -> dict:

@@ -1,0 +1,70 @@
+"""Packed sequences: which sequence, and which of its tiles, a program handles, found on the
+device so no launch reads cu_seqlens on the host.
+
+Sequence n (tokens cu[n] .. cu[n+1]-1 of the packed stream) owns the programs
+P_n, P_n + 1, ..., P_n + cdiv(len_n, BLOCK) - 1 with P_n = (cu[n] + n * BLOCK) // BLOCK.
+These ranges never overlap, since floor(a + b) >= floor(a) + floor(b) gives
+P_{n+1} - P_n >= floor(len_n / BLOCK) + 1 >= cdiv(len_n, BLOCK), and they all lie below
+T // BLOCK + N (T tokens, N sequences): a grid of that many programs covers every tile of every
+sequence whatever the lengths, tiles never cross a sequence, and the at most N programs that
+fall in a gap exit at once. A program finds its sequence by binary search over cu.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sequence_tile(CU_SEQLENS, n_seqs, search_steps, pid, BLOCK: tl.constexpr):
+    """(n, t): program ``pid`` handles tile t of sequence n, the last sequence whose first
+    program P_n is <= pid. ``search_steps`` = ceil(log2(n_seqs)) halvings find it. t may lie
+    past the sequence's end (a gap program): the caller checks."""
+    lo = tl.full([], 0, tl.int32)  # tensors, not constants: the loop reassigns them
+    hi = lo + n_seqs - 1
+    for _ in range(search_steps):  # invariant: P_lo <= pid, and the answer lies in [lo, hi]
+        mid = (lo + hi + 1) // 2
+        hit = (tl.load(CU_SEQLENS + mid) + mid * BLOCK) // BLOCK <= pid
+        lo = tl.where(hit, mid, lo)
+        hi = tl.where(hit, hi, mid - 1)
+    return lo, pid - (tl.load(CU_SEQLENS + lo) + lo * BLOCK) // BLOCK
+
+
+@triton.jit
+def sequence_span(CU_SEQLENS, n):
+    """(first token, length) of sequence n."""
+    start = tl.load(CU_SEQLENS + n)
+    return start, tl.load(CU_SEQLENS + n + 1) - start
+
+
+@dataclass(frozen=True)
+class PackedSequences:
+    """Host side: the cumulative lengths of N packed sequences, int32 (N + 1,) on the device.
+    Query sequence n is tokens cu_seqlens_q[n] .. cu_seqlens_q[n+1]-1 and sees only keys
+    cu_seqlens_k[n] .. cu_seqlens_k[n+1]-1."""
+
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return self.cu_seqlens_q.shape[0] - 1
+
+    def programs(self, tokens: int, block: int) -> int:
+        """Grid size along the packed axis for tiles of ``block`` over ``tokens``."""
+        return tokens // block + self.count
+
+    def search_steps(self) -> int:
+        return max(self.count - 1, 0).bit_length()
+
+
+def packed_args(packed: PackedSequences | None, placeholder: torch.Tensor) -> tuple:
+    """The kernels' packed-sequence arguments: both cumulative-length pointers, the sequence
+    count and the binary search's steps (placeholders for a dense launch)."""
+    if packed is None:
+        return placeholder, placeholder, 0, 0
+    return packed.cu_seqlens_q, packed.cu_seqlens_k, packed.count, packed.search_steps()
