@@ -21,6 +21,7 @@ from attention_ops.sdpa import (
     set_strict,
     strict,
 )
+from attention_ops.varlen import flash_attention_varlen
 
 __all__ = [
     "CausalAttention",
@@ -33,6 +34,7 @@ __all__ = [
     "draw_dropout_seed",
     "dropout_keep_mask",
     "flash_attention",
+    "flash_attention_varlen",
     "patch_sdpa",
     "reference",
     "scaled_dot_product_attention",

@@ -28,7 +28,7 @@ def expand_mask(attn_mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> to
     return attn_mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
 
 
-def _distinct(
+def distinct_tensors(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v as distinct tensor objects (views where they were one tensor, as in x, x, x
@@ -191,7 +191,7 @@ def fused_attention(
     options = ScoreOptions(scale, bool(causal), dropout_p, window_left, window_right,
                            align == "bottom_right", softcap)
     seed = draw_dropout_seed(q.device, generator) if dropout_p > 0.0 else None
-    q, k, v = _distinct(q, k, v)
+    q, k, v = distinct_tensors(q, k, v)
     out, lse = FlashAttentionFunction.apply(q, k, v, sinks, attn_mask, alibi_slopes, options,
                                             seed)
     return (out, lse * LN2) if return_lse else out

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from attention_ops.kernels import ScoreMods, attention_backward, attention_forward
+from attention_ops.kernels import (
+    PackedSequences,
+    ScoreMods,
+    attention_backward,
+    attention_forward,
+)
 
 
 def _mods(attn_mask, alibi_slopes, sinks, causal, window_left, window_right, bottom_right,
@@ -103,5 +108,98 @@ def flash_attention_bwd(
 @flash_attention_bwd.register_fake
 def _(do, q, k, v, out, lse, seed, attn_mask, alibi_slopes, sinks, scale, causal, dropout_p,
       window_left, window_right, bottom_right, softcap):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            q.new_empty(0 if sinks is None else sinks.shape[0], dtype=torch.float32))
+
+
+def _heads_first(t: torch.Tensor) -> torch.Tensor:
+    """A packed (T, H, D) tensor as the kernels' (1, H, T, D) view (no copy)."""
+    return t.permute(1, 0, 2).unsqueeze(0)
+
+
+@torch.library.custom_op("attention_ops::flash_attention_varlen_fwd", mutates_args=())
+def flash_attention_varlen_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen: int | None,
+    seed: torch.Tensor | None,
+    alibi_slopes: torch.Tensor | None,
+    sinks: torch.Tensor | None,
+    scale: float,
+    causal: bool,
+    dropout_p: float,
+    window_left: int | None,
+    window_right: int | None,
+    bottom_right: bool,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed q (Tq, Hq, D), k (Tk, Hkv, D), v (Tk, Hkv, Dv) cut into sequences by int32
+    cu_seqlens_q / cu_seqlens_k (N + 1,) -> out (Tq, Hq, Dv), lse (Hq, Tq) fp32 base 2.
+    ``max_seqlen`` only picks the autotuning bucket."""
+    out = torch.empty((q.shape[0], q.shape[1], v.shape[2]), dtype=q.dtype, device=q.device)
+    lse = torch.empty((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device)
+    if out.numel() > 0:
+        attention_forward(
+            _heads_first(q), _heads_first(k), _heads_first(v), _heads_first(out),
+            lse.unsqueeze(0), scale=scale, dropout_p=dropout_p, seed=seed,
+            mods=_mods(None, alibi_slopes, sinks, causal, window_left, window_right,
+                       bottom_right, softcap),
+            packed=PackedSequences(cu_seqlens_q, cu_seqlens_k, max_seqlen))
+    return out, lse
+
+
+@flash_attention_varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen, seed, alibi_slopes, sinks, scale,
+      causal, dropout_p, window_left, window_right, bottom_right, softcap):
+    return (q.new_empty((q.shape[0], q.shape[1], v.shape[2])),
+            q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32))
+
+
+@torch.library.custom_op("attention_ops::flash_attention_varlen_bwd", mutates_args=())
+def flash_attention_varlen_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen: int | None,
+    seed: torch.Tensor | None,
+    alibi_slopes: torch.Tensor | None,
+    sinks: torch.Tensor | None,
+    scale: float,
+    causal: bool,
+    dropout_p: float,
+    window_left: int | None,
+    window_right: int | None,
+    bottom_right: bool,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Packed gradients (dq, dk, dv, dsinks) with the shapes of (q, k, v, sinks)."""
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    dsinks = torch.zeros(0 if sinks is None else sinks.shape[0], dtype=torch.float32,
+                         device=q.device)
+    if dq.numel() > 0 and dk.numel() > 0 and dv.numel() > 0:
+        sink_grad = attention_backward(
+            *(_heads_first(t) for t in (do, q, k, v, out)), lse.unsqueeze(0),
+            *(_heads_first(t) for t in (dq, dk, dv)), scale=scale, dropout_p=dropout_p,
+            seed=seed, mods=_mods(None, alibi_slopes, sinks, causal, window_left, window_right,
+                                  bottom_right, softcap),
+            packed=PackedSequences(cu_seqlens_q, cu_seqlens_k, max_seqlen))
+        if sink_grad is not None:
+            dsinks = sink_grad
+    else:
+        dq.zero_(), dk.zero_(), dv.zero_()
+    return dq, dk, dv, dsinks
+
+
+@flash_attention_varlen_bwd.register_fake
+def _(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen, seed, alibi_slopes,
+      sinks, scale, causal, dropout_p, window_left, window_right, bottom_right, softcap):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             q.new_empty(0 if sinks is None else sinks.shape[0], dtype=torch.float32))

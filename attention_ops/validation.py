@@ -23,37 +23,98 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
 
-def check_attention_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_dtype: bool = True
-) -> None:
-    """Check q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) for attention."""
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str,
+               same_dtype: bool) -> None:
+    """Tensors of rank len(layout), floating, on one device (and of one dtype)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(
-                f"{name} must be 4-D (batch, heads, seqlen, head_dim), got shape {_shape(t)}"
-            )
+        if t.dim() != len(layout):
+            raise ValueError(f"{name} must be {len(layout)}-D ({', '.join(layout)}), "
+                             f"got shape {_shape(t)}")
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     if same_dtype and not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_axis: int,
+                 token_axis: int) -> None:
+    """k and v agree on heads and tokens, q and k on the head dim, Hkv divides Hq."""
+    if k.shape[head_axis] != v.shape[head_axis] or k.shape[token_axis] != v.shape[token_axis]:
+        raise ValueError(
+            f"k and v must have the same heads and seqlen, got k {_shape(k)}, v {_shape(v)}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k head dims differ: q {_shape(q)}, k {_shape(k)}")
+    if k.shape[head_axis] == 0 or q.shape[head_axis] % k.shape[head_axis] != 0:
+        raise ValueError(f"query heads ({q.shape[head_axis]}) must be a multiple of key/value "
+                         f"heads ({k.shape[head_axis]})")
+
+
+def check_attention_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_dtype: bool = True
+) -> None:
+    """Check q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv) for attention."""
+    _check_qkv(q, k, v, ("batch", "heads", "seqlen", "head_dim"), same_dtype)
     if not (q.shape[0] == k.shape[0] == v.shape[0]):
         raise ValueError(
             f"batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)}"
         )
-    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        raise ValueError(
-            f"k and v must have the same heads and seqlen, got k {_shape(k)}, v {_shape(v)}"
-        )
-    if q.shape[3] != k.shape[3]:
-        raise ValueError(f"q and k head dims differ: q {_shape(q)}, k {_shape(k)}")
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
-        raise ValueError(
-            f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})"
-        )
+    _check_heads(q, k, v, head_axis=1, token_axis=2)
+
+
+def check_packed_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Check packed q (Tq, Hq, D), k (Tk, Hkv, D), v (Tk, Hkv, Dv) for attention."""
+    _check_qkv(q, k, v, ("tokens", "heads", "head_dim"), same_dtype=True)
+    _check_heads(q, k, v, head_axis=1, token_axis=0)
+
+
+def check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q: torch.Tensor, k: torch.Tensor, *,
+                     check_values: bool) -> None:
+    """Cumulative sequence lengths for packed q (Tq, ...) and k (Tk, ...): int32 (N + 1,)
+    tensors on the queries' device, N >= 1 the same for both. With ``check_values`` also what
+    needs their values (read on the host, a synchronisation on a GPU): each starts at 0, never
+    decreases and ends at its token count.
+
+    Raises:
+        ValueError: naming the argument.
+    """
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if not isinstance(cu, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
+        if cu.dtype != torch.int32:
+            raise ValueError(f"{name} must be int32, got {cu.dtype}")
+        if cu.dim() != 1 or cu.shape[0] < 2:
+            raise ValueError(f"{name} must be 1-D (num_seqs + 1,) with num_seqs >= 1, got "
+                             f"shape {_shape(cu)}")
+        if cu.device != q.device:
+            raise ValueError(f"{name} is on {cu.device}, the queries on {q.device}")
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k count different sequences: "
+                         f"{cu_seqlens_q.shape[0] - 1} and {cu_seqlens_k.shape[0] - 1}")
+    if not check_values:
+        return
+    for name, cu, tokens in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]),
+                             ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
+        values = cu.tolist()
+        if values[0] != 0:
+            raise ValueError(f"{name} must start at 0, got {values[0]}")
+        if any(b < a for a, b in zip(values, values[1:], strict=False)):
+            raise ValueError(f"{name} must be non-decreasing, got {values}")
+        if values[-1] != tokens:
+            raise ValueError(f"{name} must end at the token count {tokens}, got {values[-1]}")
+
+
+def check_max_seqlen(name: str, hint) -> int | None:
+    """An optional longest-sequence hint: None or an int >= 0."""
+    if hint is None:
+        return None
+    if isinstance(hint, bool) or not isinstance(hint, numbers.Integral) or hint < 0:
+        raise ValueError(f"{name} must be an int >= 0 or None, got {hint!r}")
+    return int(hint)
 
 
 def check_sdpa_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -24,7 +24,13 @@ from .configs import INTERPRETER_META, head_dim_block
 from .dropout import DropoutStream, dropout_args, keep_mask, keep_mask_t
 from .launch import is_interpreter, kernel_flags, launch, needs_int64_rows, seqlen_bucket
 from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
-from .varlen import PackedSequences, packed_args, sequence_span, sequence_tile
+from .varlen import (
+    PackedSequences,
+    packed_args,
+    sequence_span,
+    sequence_tile,
+    tuning_length,
+)
 
 
 @triton.jit
@@ -496,7 +502,7 @@ def attention_backward(
         *(dropout_stream or DropoutStream(seqlen_q, 0, seqlen_k, 0)), *packed_args(packed, lse),
         *q.stride(), *k.stride(), *v.stride(), *do.stride(),
     )
-    bucket = seqlen_bucket(max(seqlen_q, seqlen_k))
+    bucket = seqlen_bucket(tuning_length(packed, seqlen_q, seqlen_k))
     flags = dict(
         HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=block_d, BLOCK_DV=block_dv,
         HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows, VARLEN=packed is not None,

@@ -17,7 +17,13 @@ from .configs import head_dim_block
 from .dropout import DropoutStream, dropout_args, keep_mask
 from .launch import kernel_flags, launch, needs_int64_rows, seqlen_bucket
 from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
-from .varlen import PackedSequences, packed_args, sequence_span, sequence_tile
+from .varlen import (
+    PackedSequences,
+    packed_args,
+    sequence_span,
+    sequence_tile,
+    tuning_length,
+)
 
 
 @triton.jit
@@ -250,7 +256,8 @@ def attention_forward(
         *mods.kernel_args(scale, lse), *dropout_args(dropout_p),
         *(dropout_stream or DropoutStream(seqlen_q, 0, seqlen_k, 0)), *packed_args(packed, lse),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        n_heads_q, group_size, seqlen_q, seqlen_k, seqlen_bucket(max(seqlen_q, seqlen_k)),
+        n_heads_q, group_size, seqlen_q, seqlen_k,
+        seqlen_bucket(tuning_length(packed, seqlen_q, seqlen_k)),
     )
     flags = dict(
         HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_dim_block(head_dim),

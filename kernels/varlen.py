@@ -49,6 +49,7 @@ class PackedSequences:
 
     cu_seqlens_q: torch.Tensor
     cu_seqlens_k: torch.Tensor
+    max_seqlen: int | None = None  # a hint for the autotuning bucket, if the caller has one
 
     @property
     def count(self) -> int:
@@ -68,3 +69,11 @@ def packed_args(packed: PackedSequences | None, placeholder: torch.Tensor) -> tu
     if packed is None:
         return placeholder, placeholder, 0, 0
     return packed.cu_seqlens_q, packed.cu_seqlens_k, packed.count, packed.search_steps()
+
+
+def tuning_length(packed: PackedSequences | None, seqlen_q: int, seqlen_k: int) -> int:
+    """The length that picks the autotuning bucket: the longest sequence when known, else
+    the longer side (all tokens, for packed sequences without a hint)."""
+    if packed is not None and packed.max_seqlen is not None:
+        return packed.max_seqlen
+    return max(seqlen_q, seqlen_k)

@@ -1,0 +1,135 @@
+"""``flash_attention_varlen``: attention over packed sequences, each attending only to itself,
+with no L x L mask and no host synchronisation."""
+
+from __future__ import annotations
+
+import torch
+
+from attention_ops import ops
+from attention_ops.dropout import draw_dropout_seed
+from attention_ops.flash import ScoreOptions, distinct_tensors
+from attention_ops.kernels import LN2
+from attention_ops.validation import (
+    check_alibi_slopes,
+    check_align,
+    check_cu_seqlens,
+    check_dropout_p,
+    check_max_seqlen,
+    check_packed_inputs,
+    check_scale,
+    check_sinks,
+    check_softcap,
+    check_window,
+    fused_path_problem,
+)
+
+
+class VarlenAttentionFunction(torch.autograd.Function):
+    """Packed attention with a fused backward, on checked inputs. Its LSE output is base 2."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sinks, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen,
+                options, seed):
+        out, lse = ops.flash_attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                  max_seqlen, seed, alibi_slopes, sinks,
+                                                  *options)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed,
+                              alibi_slopes, sinks)
+        ctx.max_seqlen, ctx.options = max_seqlen, options
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed, alibi_slopes, sinks = (
+            ctx.saved_tensors)
+        dq, dk, dv, dsinks = ops.flash_attention_varlen_bwd(
+            dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, ctx.max_seqlen, seed,
+            alibi_slopes, sinks, *ctx.options)
+        dsinks = None if sinks is None else dsinks.to(sinks.dtype)
+        return dq, dk, dv, dsinks, None, None, None, None, None, None
+
+
+def flash_attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    *,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    causal: bool = False,
+    align: str = "top_left",
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    return_lse: bool = False,
+    generator: torch.Generator | None = None,
+    check_seqlens: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Fused attention over packed sequences: sequence n's queries
+    q[cu_seqlens_q[n]:cu_seqlens_q[n+1]] attend only to its keys
+    k[cu_seqlens_k[n]:cu_seqlens_k[n+1]], with every rule of ``flash_attention`` applied per
+    sequence (the causal diagonal and window placed by ``align`` from that sequence's own
+    lengths, ALiBi distances within it, sinks, dropout).
+
+    Nothing reads a tensor's value on the host: the grid comes from the shapes and each
+    program finds its sequence on the device, so the call never synchronises and traces under
+    ``torch.compile(fullgraph=True)`` with cu_seqlens as a tensor input.
+
+    Args:
+        q: (Tq, Hq, D) the queries of all sequences one after the other, any strides (e.g. a
+            slice of a packed (T, 3, H, D) projection); float16, bfloat16 or float32.
+        k: (Tk, Hkv, D) keys, Hkv dividing Hq.
+        v: (Tk, Hkv, Dv) values.
+        cu_seqlens_q, cu_seqlens_k: int32 (N + 1,) cumulative lengths from 0, on q's device;
+            sequences of length 0 are allowed.
+        max_seqlen_q, max_seqlen_k: optional hints (ints), the longest sequence; they only
+            pick the autotuning bucket.
+        causal, align, window, softcap, alibi_slopes, sinks, dropout_p, scale, generator: as in
+            ``flash_attention``; alibi_slopes (Hq,) or (1, Hq). Dropout's stream is keyed by
+            (head, global query token, key index within its sequence), so a result is
+            reproducible from the seed, and a single sequence draws what ``flash_attention``
+            draws on it.
+        return_lse: also return the natural-log LSE (Hq, Tq) float32.
+        check_seqlens: also check the values of cu_seqlens (start at 0, non-decreasing, end at
+            the token counts), which reads them on the host: always done for CPU tensors
+            outside ``torch.compile``, on CUDA only when asked (it synchronises).
+
+    Returns:
+        out (Tq, Hq, Dv) contiguous in q's dtype; with ``return_lse`` also lse (Hq, Tq).
+
+    Raises:
+        ValueError: on a wrong dtype, rank or device of cu_seqlens, differing sequence counts,
+            shapes that do not line up, and every argument error ``flash_attention`` names.
+    """
+    check_packed_inputs(q, k, v)
+    read_values = check_seqlens or (cu_seqlens_q.device.type == "cpu"
+                                    and not torch.compiler.is_compiling())
+    check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q, k, check_values=read_values)
+    hints = [check_max_seqlen("max_seqlen_q", max_seqlen_q),
+             check_max_seqlen("max_seqlen_k", max_seqlen_k)]
+    max_seqlen = max((h for h in hints if h is not None), default=None)
+    dropout_p = check_dropout_p(dropout_p)
+    scale = check_scale(scale, q.shape[-1])
+    window, align, softcap = check_window(window), check_align(align), check_softcap(softcap)
+    heads_first_q = q.permute(1, 0, 2).unsqueeze(0)  # (1, Hq, Tq, D): B = 1 for the checks
+    check_alibi_slopes(alibi_slopes, heads_first_q)
+    check_sinks(sinks, heads_first_q)
+    problem = fused_path_problem(q, k, v)
+    if problem is not None:
+        raise ValueError(f"flash_attention_varlen cannot run on these inputs: {problem}")
+    if alibi_slopes is not None:
+        alibi_slopes = alibi_slopes.reshape(-1)
+    window_left, window_right = window if window is not None else (None, None)
+    options = ScoreOptions(scale, bool(causal), dropout_p, window_left, window_right,
+                           align == "bottom_right", softcap)
+    seed = draw_dropout_seed(q.device, generator) if dropout_p > 0.0 else None
+    q, k, v = distinct_tensors(q, k, v)
+    out, lse = VarlenAttentionFunction.apply(q, k, v, sinks, alibi_slopes, cu_seqlens_q,
+                                             cu_seqlens_k, max_seqlen, options, seed)
+    return (out, lse * LN2) if return_lse else out
