@@ -111,9 +111,10 @@ def flash_attention_varlen(
     read_values = check_seqlens or (cu_seqlens_q.device.type == "cpu"
                                     and not torch.compiler.is_compiling())
     check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q, k, check_values=read_values)
-    hints = [check_max_seqlen("max_seqlen_q", max_seqlen_q),
-             check_max_seqlen("max_seqlen_k", max_seqlen_k)]
-    max_seqlen = max((h for h in hints if h is not None), default=None)
+    hints = [hint for hint in (check_max_seqlen("max_seqlen_q", max_seqlen_q),
+                               check_max_seqlen("max_seqlen_k", max_seqlen_k))
+             if hint is not None]
+    max_seqlen = max(hints) if hints else None
     dropout_p = check_dropout_p(dropout_p)
     scale = check_scale(scale, q.shape[-1])
     window, align, softcap = check_window(window), check_align(align), check_softcap(softcap)

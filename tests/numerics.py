@@ -51,15 +51,18 @@ def _outputs_and_grads(fn, q, k, v, do, sinks=None):
     return grads
 
 
-def assert_matches_reference(fused_fn, q, k, v, *, sinks=None, **reference_kwargs) -> None:
+def assert_matches_reference(fused_fn, q, k, v, *, sinks=None, reference_fn=reference_sdpa,
+                             max_score=None, **reference_kwargs) -> None:
     """Run ``fused_fn(q, k, v)`` (``fused_fn(q, k, v, sinks)`` with sinks) forward and backward
     with one random dO, and check the output and every gradient (the sinks' included) against
-    the float64 reference with the eager-error bar."""
+    ``reference_fn(q, k, v, [sinks=sinks,] **reference_kwargs)`` in float64 (the eager
+    reference by default) with the eager-error bar: the same function in the input dtype is
+    "eager". ``max_score`` defaults to the largest score of (B, H, L, D) inputs."""
     do = torch.randn(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
 
     def reference(*tensors):
         extra = {"sinks": tensors[3]} if len(tensors) == 4 else {}
-        return reference_sdpa(*tensors[:3], **reference_kwargs, **extra)
+        return reference_fn(*tensors[:3], **reference_kwargs, **extra)
 
     fused = _outputs_and_grads(fused_fn, q, k, v, do, sinks)
     eager = _outputs_and_grads(reference, q, k, v, do, sinks)
@@ -68,13 +71,14 @@ def assert_matches_reference(fused_fn, q, k, v, *, sinks=None, **reference_kwarg
         *(t.double() for t in (q, k, v)), do.double(),
         None if sinks is None else sinks.double(),
     )
-    max_score = _max_score(q, k, reference_kwargs.get("scale"))
+    if max_score is None:
+        max_score = max_score_of(q, k, reference_kwargs.get("scale"))
     for name in exact:
         assert_within_eager_error(name, fused[name], eager[name], exact[name],
                                   max_score=max_score, working_dtype=q.dtype)
 
 
-def _max_score(q: torch.Tensor, k: torch.Tensor, scale: float | None) -> float:
+def max_score_of(q: torch.Tensor, k: torch.Tensor, scale: float | None) -> float:
     """max |scale * q_i . k_j| over every pair (grouped heads broadcast)."""
     q, k = q.double(), k.double()
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
