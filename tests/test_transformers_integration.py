@@ -248,37 +248,54 @@ def _padding(length: int, start: int) -> torch.Tensor:
     return mask
 
 
-@pytest.mark.parametrize("case, kernel_rule", [
-    (_mask_case(), True),
-    (_mask_case(local_size=WINDOW), True),
-    (_mask_case(local_size=WINDOW, model_type="gemma2"), True),
-    (_mask_case(local_size=WINDOW, model_type="gpt_oss"), True),
+def _holed_padding() -> torch.Tensor:
+    mask = _padding(SEQLEN, 0)
+    mask[1, 10] = False  # real tokens on both sides: no longer one run
+    return mask
+
+
+@pytest.mark.parametrize("case, handed_over", [
+    (_mask_case(), "nothing"),
+    (_mask_case(local_size=WINDOW), "nothing"),
+    (_mask_case(local_size=WINDOW, model_type="gemma2"), "nothing"),
+    (_mask_case(local_size=WINDOW, model_type="gpt_oss"), "nothing"),
     # a sliding cache: 7 kept keys (positions 5..11) and 5 new queries (12..16)
-    (_mask_case(q_length=5, kv_length=12, q_offset=12, kv_offset=5, local_size=WINDOW), True),
+    (_mask_case(q_length=5, kv_length=12, q_offset=12, kv_offset=5, local_size=WINDOW),
+     "nothing"),
     # the same with padding that has left the window
     (_mask_case(q_length=5, kv_length=12, q_offset=12, kv_offset=5, local_size=WINDOW,
-                padding=_padding(17, 3)), True),
-    (_mask_case(q_length=1, kv_length=17, q_offset=16), True),
-    (_mask_case(padding=_padding(SEQLEN, 0)), True),  # a mask with no padding
-    (_mask_case(padding=_padding(SEQLEN, 7)), False),
-    (_mask_case(local_size=WINDOW, padding=_padding(SEQLEN, 7)), False),
+                padding=_padding(17, 3)), "nothing"),
+    # ... and with padding still inside it: the (2, 12) padding of the kept keys
+    (_mask_case(q_length=5, kv_length=12, q_offset=12, kv_offset=5, local_size=WINDOW,
+                padding=_padding(17, 7)), "padding"),
+    (_mask_case(q_length=1, kv_length=17, q_offset=16), "nothing"),
+    (_mask_case(padding=_padding(SEQLEN, 0)), "nothing"),  # a mask with no padding
+    (_mask_case(padding=_padding(SEQLEN, 7)), "padding"),
+    (_mask_case(local_size=WINDOW, padding=_padding(SEQLEN, 7)), "padding"),
+    (_mask_case(padding=_holed_padding()), "mask"),
     # a static cache's prefill: 24 queries, 32 slots, the last 8 empty
-    (_mask_case(kv_length=32, padding=_padding(SEQLEN, 0)), False),
+    (_mask_case(kv_length=32, padding=_padding(SEQLEN, 0)), "mask"),
     # Qwen2-MoE, PhiMoE, ...: their attention layers never receive the window
-    (_mask_case(local_size=WINDOW, model_type="phimoe"), False),
+    (_mask_case(local_size=WINDOW, model_type="phimoe"), "mask"),
     # Llama 4's chunks: local_size is the chunk size, not the config's window
     (_mask_case(local_size=2 * WINDOW, function=chunked_causal_mask_function(
-        2 * WINDOW, torch.zeros(2, dtype=torch.long))), False),
-    (_mask_case(allow_is_causal_skip=False), False),  # e.g. an extra and/or mask function
+        2 * WINDOW, torch.zeros(2, dtype=torch.long))), "mask"),
+    (_mask_case(allow_is_causal_skip=False), "mask"),  # e.g. an extra and/or mask function
 ], ids=["causal", "mistral-window", "gemma2-window", "gpt-oss-window", "window-over-cache",
-        "window-over-cache-padding-evicted", "decode", "all-true-padding-mask",
-        "causal-padded", "window-padded", "static-cache-prefill", "window-not-passed-by-model",
-        "chunked", "skip-not-allowed"])
+        "window-over-cache-padding-evicted", "window-over-cache-padded", "decode",
+        "all-true-padding-mask", "causal-padded", "window-padded", "padding-with-a-hole",
+        "static-cache-prefill", "window-not-passed-by-model", "chunked", "skip-not-allowed"])
 def test_mask_function_leaves_to_the_kernel_exactly_the_masks_its_rule_reproduces(
-        case, kernel_rule):
+        case, handed_over):
+    # The kernel's rule (causal, the window, bottom-right) needs nothing where no padding
+    # hides keys, and only the (B, S) padding mask where each row's real tokens are one run
+    # (it then attends within them); every other pattern gets transformers' full mask.
     mask = ao_transformers.create_attention_mask(**case)
-    if kernel_rule:
+    if handed_over == "nothing":
         assert mask is None
+    elif handed_over == "padding":
+        kv = slice(case["kv_offset"], case["kv_offset"] + case["kv_length"])
+        assert torch.equal(mask, case["attention_mask"][:, kv])
     else:
         expected = sdpa_mask(**{**case, "allow_is_causal_skip": False})
         assert mask is not None and mask.dtype == torch.bool

@@ -13,9 +13,14 @@ the kernel's causal rule with ``window=(sliding_window - 1, 0)``, bottom-right a
 KV cache's queries are its last keys; a sliding cache keeps ``sliding_window - 1`` of them).
 Where no padding needs a mask, ``create_attention_mask`` below returns None and
 ``attention_forward`` applies that rule from the ``sliding_window`` argument the attention
-layer passes: no (L, S) mask is built and a windowed query row costs O(window). With padding,
-the mask function returns the full boolean mask (causal, window and padding in one), which
-the kernel reads as is.
+layer passes: no (L, S) mask is built and a windowed query row costs O(window); with padding,
+the same rule runs within each row's real tokens.
+
+Packed and padded batches run ``flash_attention_varlen`` (see ``attention_forward``): rows of
+documents laid end to end (position ids restarting, or transformers' ``cu_seq_lens_q`` /
+``cu_seq_lens_k``) attend document by document, and a padded batch whose mask is causal (with
+the window) plus padding gets its (B, S) padding mask from the mask function, not an (L, S)
+mask per row. Other masks stay boolean (B, 1, L, S) masks, which the kernel reads as is.
 """
 
 from __future__ import annotations
@@ -27,11 +32,19 @@ from transformers import AttentionInterface
 from transformers.masking_utils import (
     AttentionMaskInterface,
     causal_mask_function,
+    packed_sequence_compatibility_function,
     prepare_padding_mask,
     sdpa_mask,
+    sliding_window_causal_mask_function,
 )
 from transformers.utils.import_utils import is_torchdynamo_exporting, is_tracing
 
+from attention_ops.integrations.packing import (
+    Packing,
+    attend_packed,
+    packed_documents,
+    padded_batch,
+)
 from attention_ops.sdpa import attend
 from attention_ops.validation import check_attention_inputs, check_mask
 
@@ -65,6 +78,21 @@ def attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """Attention with the signature transformers' ``AttentionInterface`` calls.
 
+    Packed and padded batches run ``flash_attention_varlen``, each document or each row's
+    real tokens attending only to itself (causal with ``sliding_window``, bottom-right
+    aligned, for a causal layer), pads giving zeros:
+
+    - ``cu_seq_lens_q`` and ``cu_seq_lens_k`` (with ``max_length_q`` / ``max_length_k``) in
+      ``kwargs`` and no padding: the sequences of the flattened (B * L) tokens;
+    - ``attention_mask`` an integer (B, L) tensor: the position ids ``create_attention_mask``
+      hands over for rows of packed documents;
+    - no mask, one row, no cached keys, and ``position_ids`` in ``kwargs`` that restart: a
+      document starts wherever a position is not the previous one plus 1;
+    - ``attention_mask`` a bool (B, S) padding mask (from ``create_attention_mask``).
+
+    Finding documents from position ids reads them on the host once per tensor, so once per
+    forward pass; the other cases never synchronise.
+
     Args:
         module: the calling attention layer; its ``is_causal`` (default True) applies when
             ``is_causal`` is not passed.
@@ -72,15 +100,15 @@ def attention_forward(
         key: (B, Hkv, S, D), Hkv dividing Hq (not repeated for grouped-query attention).
         value: (B, Hkv, S, Dv).
         attention_mask: bool (B, 1, L, S), True takes part (it then holds causality and any
-            window: nothing else is applied), a float mask added to the scores, or None:
-            causal attention (with ``sliding_window``) for a causal layer, with the L queries
-            the last L of the S keys (bottom-right aligned, as after a KV cache), else full
-            attention.
+            window: nothing else is applied), a float mask added to the scores, one of the two
+            (B, S) / (B, L) tensors above, or None: causal attention (with ``sliding_window``)
+            for a causal layer, with the L queries the last L of the S keys (bottom-right
+            aligned, as after a KV cache), else full attention.
         scaling: multiplies the scores; default 1/sqrt(D).
         dropout: drop probability on the attention weights (transformers passes 0.0 in eval).
         is_causal: overrides ``module.is_causal`` when given.
-        sliding_window: W, for a causal layer without a mask: query position q sees key
-            positions q - W < kv <= q (W keys, its own included), transformers' rule.
+        sliding_window: W, for a causal layer: query position q sees key positions
+            q - W < kv <= q (W keys, its own included), transformers' rule.
         softcap: c > 0 caps the scaled scores to c * tanh(s / c) (Gemma 2).
         s_aux: (Hq,) attention-sink logits; exp(s_aux[h]) joins each softmax denominator of
             head h (gpt-oss). They receive their gradient.
@@ -91,32 +119,77 @@ def attention_forward(
 
     Raises:
         ValueError: for a model argument this function does not implement (a position
-            bias), inputs of the wrong shapes, or a ``sliding_window`` below 1.
+            bias), inputs or masks of the wrong shapes, or a ``sliding_window`` below 1.
     """
     for arg, feature in _UNSUPPORTED.items():
         if kwargs.get(arg) is not None:
             raise ValueError(f'attn_implementation="{NAME}" does not support {feature} '
                              f"({arg}); use \"eager\" or \"sdpa\" for this model")
     check_attention_inputs(query, key, value)
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    options = dict(dropout_p=float(dropout), scale=scaling, softcap=softcap, sinks=s_aux)
+    packing = _packing(query, key, attention_mask, kwargs)
+    if packing is not None:
+        out = attend_packed(*(_tokens(t) for t in (query, key, value)), packing,
+                            causal=bool(is_causal), window=_window(is_causal, sliding_window),
+                            **options)
+        return out.view(query.shape[0], query.shape[2], *out.shape[1:]), None
     if attention_mask is not None:
         check_mask(attention_mask, query,
                    (query.shape[0], query.shape[1], query.shape[2], key.shape[2]),
                    allow_float=True)
-    if is_causal is None:
-        is_causal = getattr(module, "is_causal", True)
     # A given mask already holds causality and the window (see ``create_attention_mask``).
     causal = bool(is_causal) and attention_mask is None
-    window = None
-    if causal and sliding_window is not None:
-        if isinstance(sliding_window, bool) or not isinstance(sliding_window, int) \
-                or sliding_window < 1:
-            raise ValueError(f"sliding_window must be an int >= 1 or None, got "
-                             f"{sliding_window!r}")
-        window = (sliding_window - 1, 0)
     out = attend(query, key, value, attn_mask=attention_mask, causal=causal,
-                 dropout_p=float(dropout), scale=scaling, window=window, align="bottom_right",
-                 softcap=softcap, sinks=s_aux)
+                 window=_window(causal, sliding_window), align="bottom_right", **options)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _window(causal: bool, sliding_window: int | None) -> tuple[int, int] | None:
+    """The kernel's window for transformers' ``sliding_window`` on a causal layer."""
+    if not causal or sliding_window is None:
+        return None
+    if isinstance(sliding_window, bool) or not isinstance(sliding_window, int) \
+            or sliding_window < 1:
+        raise ValueError(f"sliding_window must be an int >= 1 or None, got {sliding_window!r}")
+    return (sliding_window - 1, 0)
+
+
+def _tokens(t: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, D) as the varlen kernel's (B * L, H, D) (a view where the strides allow)."""
+    return t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3])
+
+
+def _packing(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+             kwargs: dict) -> Packing | None:
+    """The sequences of a packed or padded batch (see ``attention_forward``), or None for
+    attention over whole rows."""
+    batch, q_length, kv_length = query.shape[0], query.shape[2], key.shape[2]
+    if attention_mask is not None and attention_mask.dim() == 2:
+        expected = (batch, kv_length if attention_mask.dtype == torch.bool else q_length)
+        if tuple(attention_mask.shape) != expected:
+            raise ValueError(f"a 2-D attention_mask must have shape {expected} here, got "
+                             f"{tuple(attention_mask.shape)}")
+        if attention_mask.dtype == torch.bool:
+            return padded_batch(attention_mask, q_length)
+    elif attention_mask is not None:
+        return None
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is not None and cu_k is not None:
+        hints = [h for h in (kwargs.get("max_length_q"), kwargs.get("max_length_k"))
+                 if isinstance(h, int)]
+        return Packing(*(cu.to(device=query.device, dtype=torch.int32) for cu in (cu_q, cu_k)),
+                       max(hints, default=None))
+    if attention_mask is not None:
+        return packed_documents(attention_mask)
+    position_ids = kwargs.get("position_ids")
+    if (isinstance(position_ids, torch.Tensor) and batch == 1 and q_length == kv_length > 1
+            and position_ids.numel() == q_length and not is_tracing(position_ids)):
+        packing = packed_documents(position_ids)
+        if packing.cu_seqlens_q.shape[0] > 2:  # more than one document
+            return packing
+    return None
 
 
 def create_attention_mask(
@@ -134,38 +207,65 @@ def create_attention_mask(
 ) -> torch.Tensor | None:
     """The mask function transformers' ``AttentionMaskInterface`` calls for this attention.
 
-    Returns None where ``attention_forward``'s own rule (causal, bottom-right aligned, with
-    the layer's ``sliding_window``) is exactly the mask transformers asks for: a causal or
-    sliding-window causal mask (``allow_is_causal_skip``; a sliding window only for the
-    model types in ``WINDOW_FROM_ARGUMENT``), the queries being the last ``q_length`` of the
-    ``kv_length`` keys, and no padding among those keys. Otherwise the boolean
-    (batch_size, 1, q_length, kv_length) mask of ``transformers.masking_utils.sdpa_mask``,
-    built in full (also for a static cache's prefill, where "sdpa" relies on top-left
-    ``is_causal`` instead); for bidirectional masks that function's own shortcuts apply.
+    Where the mask transformers asks for is ``attention_forward``'s own rule (causal,
+    bottom-right aligned, with the layer's ``sliding_window``) over whole rows or parts of
+    them, it hands over only what that function needs:
+
+    - None: a causal or sliding-window causal mask (``allow_is_causal_skip``; a sliding
+      window only for the model types in ``WINDOW_FROM_ARGUMENT``), the queries being the
+      last ``q_length`` of the ``kv_length`` keys, and no padding among those keys;
+    - the bool (batch_size, kv_length) padding mask: the same with padding, the real tokens
+      of each row one run (left or right padding), found in one host read;
+    - the (batch_size, q_length) position ids: that rule applied to packed documents, as
+      ``transformers.masking_utils.packed_sequence_compatibility_function`` wraps it when the
+      position ids restart (no padding mask, no cache).
+
+    Otherwise the boolean (batch_size, 1, q_length, kv_length) mask of
+    ``transformers.masking_utils.sdpa_mask``, built in full (also for a static cache's prefill,
+    where "sdpa" relies on top-left ``is_causal`` instead, and while tracing, where the
+    decision would read tensor values); for bidirectional masks that function's own shortcuts
+    apply.
 
     Args:
         batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask,
         local_size, allow_is_causal_skip, config, **kwargs: as ``sdpa_mask`` takes them
             (``config`` is the model's, ``local_size`` the sliding window or chunk size).
     """
-    if allow_is_causal_skip and _kernel_rule_is_exact(
-            q_length, kv_length, q_offset, kv_offset, attention_mask, local_size, config):
-        return None
+    if attention_mask is None and q_length == kv_length:
+        positions = _packed_position_ids(mask_function, local_size, config)
+        if positions is not None and not is_tracing(positions):
+            return positions
+    if allow_is_causal_skip and _kernel_rule_applies(q_length, kv_length, q_offset, kv_offset,
+                                                     local_size, config):
+        padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
+        if padding is None:
+            return None
+        if not is_tracing(padding):
+            padding = padding[:, kv_offset:kv_offset + kv_length]
+            no_padding, one_run_per_row = _padding_layout(padding)
+            if no_padding:
+                return None
+            if one_run_per_row:
+                return padding
     return sdpa_mask(batch_size, q_length, kv_length, q_offset=q_offset, kv_offset=kv_offset,
                      mask_function=mask_function, attention_mask=attention_mask,
                      local_size=local_size, allow_is_causal_skip=False, config=config,
                      **kwargs)
 
 
-def _kernel_rule_is_exact(q_length: int, kv_length: int, q_offset: int | torch.Tensor,
-                          kv_offset: int, padding: torch.Tensor | None, local_size: int | None,
-                          config: object) -> bool:
+def _window_from_argument(local_size: int, config: object) -> bool:
+    """Whether a sliding window of ``local_size`` reaches the attention function as its
+    ``sliding_window`` argument (not a chunk size, nor a model that does not pass it)."""
+    return (getattr(config, "model_type", None) in WINDOW_FROM_ARGUMENT
+            and local_size == getattr(config, "sliding_window", None))
+
+
+def _kernel_rule_applies(q_length: int, kv_length: int, q_offset: int | torch.Tensor,
+                         kv_offset: int, local_size: int | None, config: object) -> bool:
     """Whether a causal (``local_size`` None) or sliding-window causal mask over these
-    positions equals ``attention_forward``'s rule for a None mask."""
-    if local_size is not None and not (
-            getattr(config, "model_type", None) in WINDOW_FROM_ARGUMENT
-            and local_size == getattr(config, "sliding_window", None)):
-        return False  # a chunked mask, or a model that does not pass its window
+    positions, padding aside, is ``attention_forward``'s rule for a None mask."""
+    if local_size is not None and not _window_from_argument(local_size, config):
+        return False
     # Deciding would read tensor values: not while exporting or tracing (torch.compile).
     if is_torchdynamo_exporting():
         return False
@@ -174,14 +274,57 @@ def _kernel_rule_is_exact(q_length: int, kv_length: int, q_offset: int | torch.T
             return False
         q_offset = int(q_offset)
     # Bottom-right alignment: the last query sits at the last key's position.
-    if q_offset + q_length != kv_offset + kv_length:
-        return False
-    padding = prepare_padding_mask(padding, kv_length, kv_offset)
-    if padding is None:
-        return True
-    if is_tracing(padding):
-        return False
-    return bool(padding[:, kv_offset:kv_offset + kv_length].all())
+    return q_offset + q_length == kv_offset + kv_length
+
+
+def _padding_layout(padding: torch.Tensor) -> tuple[bool, bool]:
+    """(no padding at all, the real tokens of every row one run) for a bool (B, S) padding
+    mask, in one host read."""
+    runs = padding[:, 0].int() + (padding[:, 1:] & ~padding[:, :-1]).sum(-1)
+    no_padding, one_run = torch.stack([padding.all(), (runs <= 1).all()]).tolist()
+    return no_padding, one_run
+
+
+def _packed_position_ids(mask_function: Callable, local_size: int | None,
+                         config: object) -> torch.Tensor | None:
+    """The position ids of packed documents when ``mask_function`` is transformers' packed
+    sequence wrapper around ``attention_forward``'s rule (causal, or the model's sliding
+    window), else None.
+
+    The wrapper is recognised by its structure: built by the same factories as a template
+    made with ``packed_sequence_compatibility_function`` (the same code objects, equal closure
+    values), whose tensors stand for the wrapper's. Any other function, e.g. one with an extra
+    and/or mask, or a transformers version that builds it differently, does not match and
+    gets its boolean mask.
+    """
+    if local_size is None:
+        rule = causal_mask_function
+    elif _window_from_argument(local_size, config):
+        rule = sliding_window_causal_mask_function(local_size)
+    else:
+        return None
+    positions, documents = torch.empty(0, device="meta"), torch.empty(0, device="meta")
+    found: dict[int, object] = {}
+    template = packed_sequence_compatibility_function(rule, positions, documents)
+    return found[id(positions)] if _built_like(mask_function, template, found) else None
+
+
+def _built_like(value: object, template: object, found: dict[int, object]) -> bool:
+    """Whether ``value`` matches ``template``: closures with the same code and matching cell
+    contents, tuples item by item, a tensor for each tensor (recorded in ``found`` under the
+    template tensor's id), other values equal or identical."""
+    if isinstance(template, torch.Tensor):
+        found[id(template)] = value
+        return isinstance(value, torch.Tensor)
+    if isinstance(template, tuple):
+        return (isinstance(value, tuple) and len(value) == len(template)
+                and all(_built_like(v, t, found) for v, t in zip(value, template, strict=True)))
+    if getattr(template, "__closure__", None):
+        return (getattr(value, "__code__", None) is template.__code__
+                and all(_built_like(v.cell_contents, t.cell_contents, found)
+                        for v, t in zip(value.__closure__, template.__closure__, strict=True)))
+    return value is template or (type(value) is type(template) and not callable(template)
+                                 and value == template)
 
 
 def register() -> None:
