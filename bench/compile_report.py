@@ -37,7 +37,7 @@ from triton._C.libtriton import native_specialize_impl  # what the launcher spec
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from attention_ops.kernels import ScoreMods, configs, flash_bwd, flash_fwd
+from attention_ops.kernels import PackedSequences, ScoreMods, configs, flash_bwd, flash_fwd
 from attention_ops.kernels.launch import tile_config
 from bench.cases import DTYPES
 
@@ -68,16 +68,18 @@ class _NotLaunched:
 
 
 # Score-pipeline variants the report can compile (``--variants``): each turns on the
-# constexpr switches of the modifiers it names.
-# "value-dim" gives the values half the query/key head dim (Dv != D, as DeepSeek's 192/128).
-VARIANTS = ("plain", "window", "softcap", "alibi", "sinks", "float-mask", "value-dim", "all")
+# constexpr switches of the modifiers it names ("all": every one at once).
+# "value-dim" gives the values half the query/key head dim (Dv != D, as DeepSeek's 192/128);
+# "varlen" packs two sequences of half the length (the VARLEN geometry switch).
+MODIFIER_VARIANTS = ("window", "softcap", "alibi", "sinks", "float-mask", "value-dim")
+VARIANTS = ("plain", *MODIFIER_VARIANTS, "all", "varlen")
 
 
 def score_mods(variant: str, causal: bool, mask: bool, heads: int, seqlen: int) -> ScoreMods:
     """The modifiers of ``variant`` for a (1, heads, seqlen, seqlen) problem: a 256-key sliding
     window, softcap 50 (Gemma 2), ALiBi slopes, sinks, a float mask broadcast over heads;
     ``mask`` adds a key-padding bool mask (unless the variant brings its float mask)."""
-    wanted = set(VARIANTS[1:-1]) if variant == "all" else {variant}  # value-dim: not a mod
+    wanted = set(MODIFIER_VARIANTS) if variant == "all" else {variant}  # value-dim: not a mod
     attn_mask = None
     if "float-mask" in wanted:
         attn_mask = torch.zeros(1, 1, seqlen, seqlen).expand(1, heads, seqlen, seqlen)
@@ -103,8 +105,12 @@ def captured_launches(head_dim: int, causal: bool, dtype: str, dropout: bool, ma
     v, out, do, dv = (torch.empty(shape_v, dtype=DTYPES[dtype]) for _ in range(4))
     lse = torch.zeros(shape[:3])
     seed = torch.zeros(1, dtype=torch.int64)
+    packed = None
+    if variant == "varlen":
+        cu_seqlens = torch.tensor([0, seqlen // 2, seqlen], dtype=torch.int32)
+        packed = PackedSequences(cu_seqlens, cu_seqlens)
     options = dict(scale=head_dim ** -0.5, dropout_p=0.1 if dropout else 0.0, seed=seed,
-                   mods=score_mods(variant, causal, mask, heads, seqlen))
+                   mods=score_mods(variant, causal, mask, heads, seqlen), packed=packed)
     launches = {}
 
     def record(kernel, kind, grid, args, flags):

@@ -192,8 +192,12 @@ def _attn_bwd_dkdv_kernel(
     i_bhk = tl.program_id(1).to(tl.int64)
     i_b = i_bhk // n_heads_kv
     i_hk = i_bhk % n_heads_kv
+    if VARLEN:  # one packed row: constants free the registers the sequence's bounds take
+        i_b = 0
+        i_hk = i_bhk
     rows_per_head = seqlen_q  # LSE and DELTA rows, before seqlen_q becomes a sequence's
-    q_start = 0
+    q_start = 0  # the sequence's first query and key token; offsets, not moved pointers,
+    k_start = 0  # which would hold 64-bit registers through the loop (a spill at D=128)
     if VARLEN:
         i_seq, i_n = sequence_tile(CU_SEQLENS_K, n_seqs, search_steps, i_n, BLOCK_N)
         q_start, seqlen_q = sequence_span(CU_SEQLENS_Q, i_seq)
@@ -203,12 +207,6 @@ def _attn_bwd_dkdv_kernel(
         if INT64_ROWS:
             q_start = q_start.to(tl.int64)
             k_start = k_start.to(tl.int64)
-        Q += q_start * stride_qm
-        DO += q_start * stride_dom
-        K += k_start * stride_kn
-        V += k_start * stride_vn
-        DK += k_start * stride_dkn
-        DV += k_start * stride_dvn
     diagonal_offset = bottom_right * (seqlen_k - seqlen_q)
 
     offs_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -219,9 +217,9 @@ def _attn_bwd_dkdv_kernel(
     m_keys = offs_n < seqlen_k
     m_k = m_keys[:, None] & (offs_d[None, :] < HEAD_DIM)
     m_v = m_keys[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
-    b_k = tl.load(K + i_b * stride_kb + i_hk * stride_kh + offs_n[:, None] * stride_kn
+    b_k = tl.load(K + i_b * stride_kb + i_hk * stride_kh + (k_start + offs_n[:, None]) * stride_kn
                   + offs_d[None, :] * stride_kd, mask=m_k, other=0.0)  # [BLOCK_N, D]
-    b_v = tl.load(V + i_b * stride_vb + i_hk * stride_vh + offs_n[:, None] * stride_vn
+    b_v = tl.load(V + i_b * stride_vb + i_hk * stride_vh + (k_start + offs_n[:, None]) * stride_vn
                   + offs_dv[None, :] * stride_vd, mask=m_v, other=0.0)  # [BLOCK_N, Dv]
     if INTERPRET_BF16:
         b_k = b_k.to(tl.float32)
@@ -242,8 +240,10 @@ def _attn_bwd_dkdv_kernel(
     for g in range(group_size):  # grouped-query attention: sum over the group's query heads
         i_h = i_hk * group_size + g
         i_bh = i_b * n_heads_kv * group_size + i_h
-        p_q = Q + i_b * stride_qb + i_h * stride_qh + offs_d[None, :] * stride_qd
-        p_do = DO + i_b * stride_dob + i_h * stride_doh + offs_dv[None, :] * stride_dod
+        p_q = (Q + i_b * stride_qb + i_h * stride_qh + q_start * stride_qm
+               + offs_d[None, :] * stride_qd)
+        p_do = (DO + i_b * stride_dob + i_h * stride_doh + q_start * stride_dom
+                + offs_dv[None, :] * stride_dod)
         p_lse = LSE + i_bh * rows_per_head + q_start
         p_delta = DELTA + i_bh * rows_per_head + q_start
         rng_row0 = i_bh * rng_rows_per_head + rng_row_offset + q_start
@@ -277,8 +277,8 @@ def _attn_bwd_dkdv_kernel(
             INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
         )
 
-    p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh
-    p_dv = DV + i_b * stride_dvb + i_hk * stride_dvh
+    p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh + k_start * stride_dkn
+    p_dv = DV + i_b * stride_dvb + i_hk * stride_dvh + k_start * stride_dvn
     tl.store(p_dk + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
              downcast(b_dk * sm_scale, DK.dtype.element_ty, INTERPRET_BF16), mask=m_k)
     tl.store(p_dv + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
@@ -368,6 +368,9 @@ def _attn_bwd_dq_kernel(
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // n_heads_q
     i_h = i_bh % n_heads_q
+    if VARLEN:  # one packed row: constants free the registers the sequence's bounds take
+        i_b = 0
+        i_h = i_bh
     i_hk = i_h // group_size
     row0 = i_bh * seqlen_q  # LSE and DELTA rows, before seqlen_q becomes a sequence's
     rng_row0 = i_bh * rng_rows_per_head + rng_row_offset

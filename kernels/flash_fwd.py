@@ -126,6 +126,9 @@ def _attn_fwd_kernel(
     i_bh = tl.program_id(1).to(tl.int64)
     i_b = i_bh // n_heads_q
     i_h = i_bh % n_heads_q
+    if VARLEN:  # one packed row: constants free the registers the sequence's bounds take
+        i_b = 0
+        i_h = i_bh
     i_hk = i_h // group_size
     p_lse = LSE + i_bh * seqlen_q  # before seqlen_q becomes one sequence's length
     rng_row0 = i_bh * rng_rows_per_head + rng_row_offset

@@ -103,10 +103,11 @@ def test_every_candidate_tile_compiles_for_hopper_without_spills(dtype):
 
 def test_every_score_modifier_compiles_for_hopper_without_spills():
     """Each score-pipeline switch (sliding window, softcap, ALiBi, sinks, float mask, a value
-    head dim of half the query's) and all of them at once, on the tile taken when autotuning
-    is off (the first candidate within an H100's shared memory: a float mask's tile is staged
-    there too), bf16, causal, D 64/128."""
-    variants = ["window", "softcap", "alibi", "sinks", "float-mask", "value-dim", "all"]
+    head dim of half the query's), all of them at once, and packed sequences, on the tile
+    taken when autotuning is off (the first candidate within an H100's shared memory: a float
+    mask's tile is staged there too), bf16, causal, D 64/128."""
+    variants = ["window", "softcap", "alibi", "sinks", "float-mask", "value-dim", "all",
+                "varlen"]
     rows = compile_report_rows("--head-dims", "64", "128", "--causal", "yes", "--first-fitting",
                                "--variants", *variants)
     assert sorted({row[0] for row in rows}) == sorted(variants)
