@@ -16,7 +16,7 @@ from numerics import assert_matches_reference, assert_within_eager_error
 
 from attention_ops.distributed import ring_attention, shard_sequence, unshard_sequence
 from attention_ops.distributed.attention import merge_partial
-from attention_ops.kernels import LN2
+from attention_ops.kernels import LN2, use_autotuning
 from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +93,7 @@ def _check_layouts(rank: int, world: int, device: torch.device) -> None:
 def _check_cases(rank: int, world: int, device: torch.device, cases: list[RingCase]) -> None:
     """Every case, each failure named; all ranks see the same gathered numbers, so they fail
     together and none waits on the others."""
+    use_autotuning(False)  # as conftest sets for the suite: each GPU launch its first tile
     _check_layouts(rank, world, device)
     failures = []
     with pytest.MonkeyPatch.context() as patch:
