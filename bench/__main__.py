@@ -6,6 +6,7 @@ and plots. Without CUDA it runs a small correctness-only sweep on the Triton int
     python -m bench --seqlens 4096 --head-dims 128 --providers sdpa-flash ours --modes fwd
     python -m bench --providers sdpa-flash ours --modes fwd+bwd --dropouts 0.0 0.1
     python -m bench --seqlens 8192 16384 --windows 4096 --softcaps 50   # sliding window, softcap
+    python -m bench --seqlens 4096 --varlen true --providers ours    # packed vs padded documents
 
 Without CUDA it refuses cases the interpreter would take hours over (see
 ``bench.cases.INTERPRETER_MAX_WORK``), naming ``--quick``.
@@ -41,7 +42,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 COLUMNS = {
     "provider": "provider", "mode": "mode", "b": "b", "h": "h", "n": "n", "d": "d",
     "causal": "causal", "window": "window", "softcap": "softcap", "dtype": "dtype", "p": "p",
-    "status": "status", "ms": "ms (median)", "tflops": "TFLOP/s", "peak_mib": "peak MiB",
+    "layout": "documents", "docs": "docs", "status": "status", "ms": "ms (median)",
+    "tflops": "TFLOP/s", "tokens_per_s": "tokens/s", "peak_mib": "peak MiB",
     "speedup_vs_eager": "x eager", "speedup_vs_best_other": "x best other", "max_err": "max err",
     "rel_err": "rel err",
 }
@@ -50,8 +52,9 @@ COLUMNS = {
 @dataclass(frozen=True)
 class SweepConfig:
     """What to sweep: b*n = tokens and h*d = hidden for every (n, d), plus the sliding-window
-    and softcap cases of ``windows`` and ``softcaps`` at every shape, or with
-    ``variants_everywhere`` False at the largest causal one only (see ``sweep_cases``)."""
+    and softcap cases of ``windows`` and ``softcaps`` and with ``varlen`` the packed and padded
+    document cases at every shape, or with ``variants_everywhere`` False at the largest causal
+    one only (see ``sweep_cases``)."""
 
     tokens: int
     hidden: int
@@ -66,6 +69,7 @@ class SweepConfig:
     rep_ms: float
     windows: tuple[int, ...] = ()
     softcaps: tuple[float, ...] = ()
+    varlen: bool = True
     variants_everywhere: bool = True
 
 
@@ -74,8 +78,8 @@ GPU_FULL = SweepConfig(
     causal=(True, False), dtypes=("bf16",), dropouts=(0.0,), modes=MODES,
     providers=PROVIDER_NAMES, warmup_ms=25, rep_ms=100,
 )
-# Quick: one sliding-window case (a quarter of the longest length) and one softcap case
-# (Gemma 2's 50), both at the largest causal shape (n4096 d128).
+# Quick: one sliding-window case (a quarter of the longest length), one softcap case (Gemma 2's
+# 50) and the packed and padded documents cases, all at the largest causal shape (n4096 d128).
 GPU_QUICK = dataclasses.replace(GPU_FULL, seqlens=(1024, 4096), causal=(True,), windows=(1024,),
                                 softcaps=(50.0,), variants_everywhere=False)
 # Interpreter-sized: b=1, h=2, d=32. bf16 is left out to keep the smoke run short (the CPU
@@ -153,6 +157,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--softcaps", type=_softcap, nargs="+", metavar="C",
                    help="add softcap cases, scores c*tanh(s/c) (none: no softcap; default none; "
                         "--quick: 50)")
+    p.add_argument("--varlen", type=_bool, metavar="{true,false}",
+                   help="add the tokens of each causal case as documents of up to n tokens, "
+                        "packed (flash_attention_varlen) and padded (default true)")
     p.add_argument("--modes", nargs="+", choices=MODES)
     p.add_argument("--providers", nargs="+", choices=PROVIDER_NAMES, metavar="PROVIDER",
                    help=f"any of {', '.join(PROVIDER_NAMES)} (default all)")
@@ -181,7 +188,7 @@ def config_cases(config: SweepConfig, device: torch.device) -> list[Case]:
         tokens=config.tokens, hidden=config.hidden, seqlens=config.seqlens,
         head_dims=config.head_dims, causals=config.causal,
         dtypes=[DTYPES[name] for name in config.dtypes], dropouts=config.dropouts,
-        device=device, windows=config.windows, softcaps=config.softcaps,
+        device=device, windows=config.windows, softcaps=config.softcaps, varlen=config.varlen,
         variants_everywhere=config.variants_everywhere,
     ))
 
@@ -245,8 +252,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     rows = run_sweep(cases, providers_named(list(config.providers)), config.modes,
                      Timing(config.warmup_ms, config.rep_ms))
     rows.sort(key=lambda r: (MODES.index(r.mode), r.d, not r.causal, r.window is not None,
-                             r.window or 0, r.softcap is not None, r.softcap or 0, r.dtype, r.p,
-                             r.n))
+                             r.window or 0, r.softcap is not None, r.softcap or 0,
+                             r.layout or "", r.dtype, r.p, r.n))
     write_results(rows, header, plot_title, out)
     print("\n".join(header + [""] + markdown_table(as_records(rows), COLUMNS)))
     print(f"\nresults: {out}")

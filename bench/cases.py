@@ -1,5 +1,5 @@
 """What one benchmark row measures: the attention problem (``Case``: shape, masking, window,
-softcap, dropout), the mode, and its FLOPs."""
+softcap, dropout, packed documents), the mode, and its FLOPs."""
 
 from __future__ import annotations
 
@@ -53,6 +53,21 @@ def flop_pairs(n: int, *, causal: bool, window: int | None = None) -> float:
     return pairs - n / 2 if causal else pairs
 
 
+def document_lengths(tokens: int, longest: int, seed: int = 0) -> tuple[int, ...]:
+    """Lengths of documents filling ``tokens`` tokens, drawn log-uniform between
+    ``longest // 64`` (at least 1) and ``longest`` (the last one cut to fit): many short
+    documents and a few long ones, the spread of a pretraining corpus. Fixed by ``seed``."""
+    shortest = max(1, longest // 64)
+    draws = torch.rand(tokens, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    lengths: list[int] = []
+    for u in draws.tolist():
+        left = tokens - sum(lengths)
+        if left == 0:
+            break
+        lengths.append(min(left, round(shortest * (longest / shortest) ** u)))
+    return tuple(lengths)
+
+
 @dataclass(frozen=True)
 class Case:
     """One attention problem: (b, h, n, d) inputs, self-attention (Lq = Lk = n), dropout
@@ -61,6 +76,12 @@ class Case:
     ``window`` W is a Mistral-style sliding window: a causal query i sees keys
     i - W <= j <= i (``window=(W, 0)`` with ``causal=True`` in the package's terms); it needs
     ``causal``. ``softcap`` c caps the scores as c * tanh(s / c) (Gemma 2).
+
+    ``documents``: the lengths of causal documents, each attending only to itself, laid out
+    ``packed`` end to end in one row (b = 1, n = their sum: ``flash_attention_varlen``), or
+    padded, one per row (b = their count, n = the longest; padding at the ends, which causal
+    real queries never see, so this is plain causal attention over the padded batch). Both
+    count the documents' own tokens and FLOPs only.
     """
 
     b: int
@@ -73,6 +94,8 @@ class Case:
     device: torch.device
     window: int | None = None
     softcap: float | None = None
+    documents: tuple[int, ...] | None = None
+    packed: bool = False
 
     def __post_init__(self) -> None:
         if self.window is not None and (not self.causal or self.window < 0):
@@ -80,6 +103,44 @@ class Case:
                              f"{self.causal}, window={self.window}")
         if self.softcap is not None and not self.softcap > 0:
             raise ValueError(f"softcap must be positive, got {self.softcap}")
+        if self.documents is not None:
+            docs = self.documents
+            layout = (1, sum(docs)) if self.packed else (len(docs), max(docs))
+            if not self.causal or (self.b, self.n) != layout:
+                raise ValueError(f"documents {docs} are causal, packed into b=1 n={sum(docs)} "
+                                 f"or padded to b={len(docs)} n={max(docs)}; got causal="
+                                 f"{self.causal}, b={self.b}, n={self.n}")
+        elif self.packed:
+            raise ValueError("packed needs documents")
+
+    @property
+    def layout(self) -> str | None:
+        """``packed`` or ``padded`` for a case of documents, else None."""
+        if self.documents is None:
+            return None
+        return "packed" if self.packed else "padded"
+
+    @property
+    def tokens(self) -> int:
+        """The tokens computed for: b * n, or the documents' own."""
+        return self.b * self.n if self.documents is None else sum(self.documents)
+
+    def cu_seqlens(self) -> torch.Tensor:
+        """int32 (documents + 1,) cumulative document lengths on the case's device."""
+        lengths = torch.tensor((0, *self.documents), dtype=torch.int32, device=self.device)
+        return lengths.cumsum(0, dtype=torch.int32)
+
+    def reference_options(self) -> dict[str, object]:
+        """The masking keywords of the package's reference attention for this case: causal,
+        window and softcap, and for packed documents a block-diagonal bool ``attn_mask``."""
+        options: dict[str, object] = dict(causal=self.causal, window=self.window_arg,
+                                          softcap=self.softcap)
+        if self.packed:
+            document = torch.repeat_interleave(
+                torch.arange(len(self.documents), device=self.device),
+                torch.tensor(self.documents, device=self.device))
+            options["attn_mask"] = document[:, None] == document[None, :]
+        return options
 
     @property
     def window_arg(self) -> tuple[int, int] | None:
@@ -93,20 +154,28 @@ class Case:
 
     @property
     def work(self) -> int:
-        """b * h * n * n * d (see ``INTERPRETER_MAX_WORK``)."""
+        """b * h * n * n * d, summed over the documents when packed (see
+        ``INTERPRETER_MAX_WORK``)."""
+        if self.packed:
+            return sum(attention_work(1, self.h, n, self.d) for n in self.documents)
         return attention_work(self.b, self.h, self.n, self.d)
 
     def flops(self, mode: str) -> float:
         """Matmul FLOPs of ``mode``: fwd = 4*b*h*d per pair of ``flop_pairs`` (4*b*h*n*n*d
-        full, half that causal, less with a window); see MODE_FLOP_FACTOR."""
-        pairs = flop_pairs(self.n, causal=self.causal, window=self.window)
-        return 4.0 * self.b * self.h * self.d * pairs * MODE_FLOP_FACTOR[mode]
+        full, half that causal, less with a window), summed over the documents (not the
+        padding) for a case of documents; see MODE_FLOP_FACTOR."""
+        rows = [self.n] * self.b if self.documents is None else self.documents
+        pairs = sum(flop_pairs(n, causal=self.causal, window=self.window) for n in rows)
+        return 4.0 * self.h * self.d * pairs * MODE_FLOP_FACTOR[mode]
 
     def label(self) -> str:
         """Short human-readable form, e.g. ``b2 h16 n8192 d128 causal bf16`` or
         ``b4 h16 n4096 d128 causal window 1024 softcap 50 bf16``, with ``dropout 0.1`` appended
-        when there is dropout."""
+        when there is dropout; ``b1 h16 n16384 d128 causal packed 17 docs bf16`` for documents.
+        """
         mask = "causal" if self.causal else "full"
+        if self.documents is not None:
+            mask += f" {self.layout} {len(self.documents)} docs"
         if self.window is not None:
             mask += f" window {self.window}"
         if self.softcap is not None:
@@ -127,6 +196,7 @@ def sweep_cases(
     device: torch.device,
     windows: Iterable[int] = (),
     softcaps: Iterable[float] = (),
+    varlen: bool = False,
     variants_everywhere: bool = True,
 ) -> Iterator[Case]:
     """Cases with b*n = ``tokens`` and h*d = ``hidden`` (at least one batch row and head), one
@@ -159,3 +229,7 @@ def sweep_cases(
                 yield dataclasses.replace(case, window=window)
         for softcap in softcaps:
             yield dataclasses.replace(case, softcap=softcap)
+        if varlen and case.causal:
+            docs = document_lengths(case.b * case.n, case.n)
+            yield dataclasses.replace(case, b=1, n=sum(docs), documents=docs, packed=True)
+            yield dataclasses.replace(case, b=len(docs), n=max(docs), documents=docs)

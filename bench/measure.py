@@ -21,7 +21,9 @@ class Row:
     ``status`` is "ok", "unavailable: <reason>", "OOM" or "error: <exception>"; the numbers are
     NaN unless it is "ok", and the errors are NaN on dropout rows (p > 0) too. Column names
     (b, h, n, d) follow ../shared/anchors-h100.csv; ``p`` is the dropout probability, ``window``
-    and ``softcap`` the case's sliding window and softcap (None: none).
+    and ``softcap`` the case's sliding window and softcap (None: none), ``layout`` and ``docs``
+    a case of documents' layout (packed or padded) and count. ``tokens_per_s`` counts the
+    case's tokens (a case of documents: theirs, not the padding).
     """
 
     provider: str
@@ -35,9 +37,12 @@ class Row:
     p: float
     window: int | None = None
     softcap: float | None = None
+    layout: str | None = None
+    docs: int | None = None
     status: str = "ok"
     ms: float = math.nan
     tflops: float = math.nan
+    tokens_per_s: float = math.nan
     peak_mib: float = math.nan
     speedup_vs_eager: float = math.nan
     speedup_vs_best_other: float = math.nan
@@ -47,13 +52,14 @@ class Row:
     @classmethod
     def for_case(cls, provider: str, mode: str, case: Case, status: str = "ok") -> Row:
         """A row for ``case`` with no measurements yet."""
+        docs = None if case.documents is None else len(case.documents)
         return cls(provider, mode, case.b, case.h, case.n, case.d, case.causal, case.dtype_name,
-                   case.dropout_p, case.window, case.softcap, status)
+                   case.dropout_p, case.window, case.softcap, case.layout, docs, status)
 
     def problem(self) -> tuple:
         """What rows of different providers share when they solve the same problem."""
         return (self.b, self.h, self.n, self.d, self.causal, self.window, self.softcap,
-                self.dtype, self.p, self.mode)
+                self.layout, self.docs, self.dtype, self.p, self.mode)
 
 
 @dataclass(frozen=True)
@@ -114,9 +120,9 @@ def error_status(exc: BaseException) -> str:
 
 def measure(row: Row, attention: AttentionFn, case: Case, x: Inputs, expected: Expected | None,
             timing: Timing) -> Row:
-    """Fill ``row`` with errors (NaN when ``expected`` is None), peak memory, median time and
-    TFLOP/s; an OOM or any other exception becomes the row's status instead of ending the
-    sweep."""
+    """Fill ``row`` with errors (NaN when ``expected`` is None), peak memory, median time,
+    TFLOP/s and tokens/s; an OOM or any other exception becomes the row's status instead of
+    ending the sweep."""
     try:
         row.max_err, row.rel_err = mode_errors(attention, x, expected, row.mode)
         step = mode_step(attention, x, row.mode)
@@ -125,12 +131,14 @@ def measure(row: Row, attention: AttentionFn, case: Case, x: Inputs, expected: E
         row.ms = median_ms(step, device=case.device, warmup_ms=timing.warmup_ms,
                            rep_ms=timing.rep_ms, grad_to_none=grads)
         row.tflops = case.flops(row.mode) / (row.ms * 1e-3) / 1e12
+        row.tokens_per_s = case.tokens / (row.ms * 1e-3)
     except torch.cuda.OutOfMemoryError:
         row.status = "OOM"
     except Exception as exc:  # any provider failure is a result, not a crash
         row.status = error_status(exc)
     if row.status != "ok":
-        row.ms = row.tflops = row.peak_mib = row.max_err = row.rel_err = math.nan
+        row.ms = row.tflops = row.tokens_per_s = row.peak_mib = math.nan
+        row.max_err = row.rel_err = math.nan
     for t in (x.q, x.k, x.v):
         t.grad = None
     return row

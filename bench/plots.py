@@ -1,5 +1,5 @@
 """PNG plots of a sweep: one panel per (mode, head dim, masking: causal or full, sliding
-window, softcap), one line per provider."""
+window, softcap, packed or padded documents), one line per provider."""
 
 from __future__ import annotations
 
@@ -14,20 +14,21 @@ from bench.measure import Row
 
 
 def _panel(row: Row) -> tuple:
-    return (row.mode, row.d, row.causal, row.window, row.softcap)
+    return (row.mode, row.d, row.causal, row.window, row.softcap, row.layout)
 
 
 def _panel_order(panel: tuple) -> tuple:
-    mode, d, causal, window, softcap = panel
+    mode, d, causal, window, softcap, layout = panel
     return (MODES.index(mode), d, not causal, window is not None, window or 0,
-            softcap is not None, softcap or 0)
+            softcap is not None, softcap or 0, layout or "")
 
 
 def _panel_title(panel: tuple) -> str:
-    mode, d, causal, window, softcap = panel
+    mode, d, causal, window, softcap, layout = panel
     title = f"{mode}, d={d}, {'causal' if causal else 'full'}"
     title += "" if window is None else f", window {window}"
-    return title + ("" if softcap is None else f", softcap {softcap:g}")
+    title += "" if softcap is None else f", softcap {softcap:g}"
+    return title + ("" if layout is None else f", {layout} documents")
 
 
 def plot_vs_seqlen(rows: Sequence[Row], metric: str, ylabel: str, title: str, path: Path

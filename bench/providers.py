@@ -2,9 +2,11 @@
 
 A provider says why it cannot run a case on this machine (``unavailable``) or builds the
 attention function for it (``build``): ``attention(q, k, v) -> out`` over (b, h, n, d) tensors,
-with the case's masking, sliding window, softcap and dropout probability. Whatever a provider
-needs besides the inputs (an SDPA mask, a FlexAttention block mask) is built there, before
-any timing.
+with the case's masking, sliding window, softcap and dropout probability. A case of padded
+documents is plain causal attention for every provider; packed documents (one row) run on
+``ours`` (``flash_attention_varlen``) and ``eager`` (a block-diagonal mask) only. Whatever a
+provider needs besides the inputs (an SDPA mask, a FlexAttention block mask) is built there,
+before any timing.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from attention_ops import flash_attention, reference
+from attention_ops import flash_attention, flash_attention_varlen, reference
 from attention_ops.validation import fused_path_problem
 from bench.cases import Case
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+PACKED_ELSEWHERE = "packed documents run on ours (varlen) and eager; padded, on every provider"
 
 
 class Provider:
@@ -45,9 +49,8 @@ class Eager(Provider):
     name = "eager"
 
     def build(self, case: Case) -> AttentionFn:
-        return functools.partial(reference.scaled_dot_product_attention, causal=case.causal,
-                                 dropout_p=case.dropout_p, window=case.window_arg,
-                                 softcap=case.softcap)
+        return functools.partial(reference.scaled_dot_product_attention,
+                                 dropout_p=case.dropout_p, **case.reference_options())
 
 
 class Ours(Provider):
@@ -60,8 +63,20 @@ class Ours(Provider):
         return fused_path_problem(probe, probe, probe)
 
     def build(self, case: Case) -> AttentionFn:
-        return functools.partial(flash_attention, causal=case.causal, dropout_p=case.dropout_p,
-                                 window=case.window_arg, softcap=case.softcap)
+        options = dict(causal=case.causal, dropout_p=case.dropout_p, window=case.window_arg,
+                       softcap=case.softcap)
+        if not case.packed:
+            return functools.partial(flash_attention, **options)
+        cu_seqlens, longest = case.cu_seqlens(), max(case.documents)
+
+        def packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            # (1, h, T, d) <-> (T, h, d): views, the kernel takes the strides.
+            out = flash_attention_varlen(*(t[0].transpose(0, 1) for t in (q, k, v)), cu_seqlens,
+                                         cu_seqlens, max_seqlen_q=longest,
+                                         max_seqlen_k=longest, **options)
+            return out.transpose(0, 1)[None]
+
+        return packed
 
 
 class Sdpa(Provider):
@@ -79,6 +94,8 @@ class Sdpa(Provider):
         self.name, self.backend, self.takes_mask = name, backend, takes_mask
 
     def unavailable(self, case: Case) -> str | None:
+        if case.packed:
+            return PACKED_ELSEWHERE
         if case.softcap is not None:
             return "no softcap in F.scaled_dot_product_attention"
         if case.window is not None and not self.takes_mask:
@@ -171,6 +188,8 @@ class Flex(Provider):
     name = "flex"
 
     def unavailable(self, case: Case) -> str | None:
+        if case.packed:
+            return PACKED_ELSEWHERE
         if case.dropout_p > 0:
             return "no dropout in FlexAttention"
         return None if case.device.type == "cuda" else "no CUDA"

@@ -23,8 +23,7 @@ def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Seque
     bar = tqdm(total=len(cases) * len(providers) * len(modes), unit="row")
     for case in cases:
         x = Inputs.random(case)
-        expected = (float64_reference(x.q, x.k, x.v, x.dout, causal=case.causal,
-                                      window=case.window_arg, softcap=case.softcap)
+        expected = (float64_reference(x.q, x.k, x.v, x.dout, **case.reference_options())
                     if case.dropout_p == 0 else None)
         for provider in providers:
             bar.set_postfix_str(f"{provider.name} {case.label()}")

@@ -1,6 +1,7 @@
 """The benchmarks run end to end at tiny size (on the CPU: the Triton interpreter), so the
 bench code cannot rot unnoticed: files written, our kernel's errors small, every provider
-listed, dropout, sliding windows and softcaps swept, the GPT training loop running with every
+listed, dropout, sliding windows, softcaps and packed documents swept, the GPT training loop
+running with every
 attention. Without CUDA the commands refuse GPU-sized runs up front, naming the flag for a
 CPU-sized one; they show progress; they spell dtypes alike."""
 
@@ -78,7 +79,8 @@ def test_cpu_run_is_labelled_and_lists_unavailable_providers(sweep):
 def test_sweep_with_dropout_runs_ours_at_each_p_and_reports_no_errors_for_p_above_0(tmp_path):
     run_module("bench", "--quick", "--out", str(tmp_path), "--tokens", "64", "--hidden", "64",
                "--seqlens", "64", "--head-dims", "32", "--dtypes", "fp32", "--causal", "true",
-               "--modes", "fwd+bwd", "--providers", "flex", "ours", "--dropouts", "0.0", "0.1")
+               "--modes", "fwd+bwd", "--providers", "flex", "ours", "--dropouts", "0.0", "0.1",
+               "--varlen", "false")
     rows = {(r["provider"], float(r["p"])): r for r in read_csv(tmp_path / "results.csv")}
     assert set(rows) == {(p, dropout) for p in ("flex", "ours") for dropout in (0.0, 0.1)}
     assert rows["ours", 0.0]["status"] == rows["ours", 0.1]["status"] == "ok"
@@ -121,13 +123,61 @@ def test_quick_sweep_runs_ours_and_eager_with_a_window_and_a_softcap(sweep):
             assert r["status"] == "ok" and float(r["rel_err"]) < 1e-2, r
 
 
+def test_quick_sweep_runs_documents_packed_and_padded_counting_their_tokens_only(sweep):
+    # One causal case's 64 tokens as documents: packed in one row for ours (varlen) and
+    # eager (block-diagonal mask), padded one per row for every provider.
+    rows = [r for r in read_csv(sweep[0] / "results.csv") if r["layout"]]
+    assert {r["layout"] for r in rows} == {"packed", "padded"}
+    for r in rows:
+        if r["provider"] in ("ours", "eager"):
+            assert r["status"] == "ok" and float(r["rel_err"]) < 1e-2, r
+            # tokens/s counts the documents' 64 tokens, not the padding
+            assert float(r["tokens_per_s"]) * float(r["ms"]) * 1e-3 == pytest.approx(64)
+        elif r["layout"] == "packed":
+            assert r["status"].startswith("unavailable: packed documents run on ours"), r
+
+
+def test_quick_sweep_has_one_packed_and_one_padded_case_at_its_largest_causal_shape():
+    from bench.__main__ import config_cases, parse_args, resolve_config
+
+    for on_cuda, tokens, n in ((False, 64, 64), (True, 16384, 4096)):
+        cases = config_cases(resolve_config(parse_args(["--quick"]), on_cuda),
+                             torch.device("cpu"))
+        varlen = {c.layout: c for c in cases if c.documents is not None}
+        assert set(varlen) == {"packed", "padded"}
+        assert varlen["packed"].documents == varlen["padded"].documents
+        assert varlen["packed"].tokens == tokens and max(varlen["padded"].documents) <= n
+    assert not config_cases(resolve_config(parse_args(["--quick", "--varlen", "false"]), True),
+                            torch.device("cpu"))[-1].documents
+
+
+def test_documents_fill_the_tokens_with_a_spread_of_lengths_and_count_their_own_flops():
+    from bench.cases import Case, document_lengths, flop_pairs
+
+    docs = document_lengths(16384, 4096)
+    assert sum(docs) == 16384 and max(docs) <= 4096 and document_lengths(16384, 4096) == docs
+    assert len(docs) > 4 and min(docs) < 4096 // 8  # short and long ones
+    like = dict(h=2, d=8, causal=True, dtype=torch.float32, dropout_p=0.0,
+                device=torch.device("cpu"), documents=(5, 1, 3))
+    packed = Case(b=1, n=9, packed=True, **like)
+    padded = Case(b=3, n=5, **like)
+    per_document = 4 * 2 * 8 * sum(flop_pairs(n, causal=True) for n in (5, 1, 3))
+    assert packed.flops("fwd") == padded.flops("fwd") == per_document
+    assert packed.tokens == padded.tokens == 9
+    assert packed.cu_seqlens().tolist() == [0, 5, 6, 9]
+    mask = packed.reference_options()["attn_mask"]  # each document sees only itself
+    assert mask.sum() == 5 * 5 + 1 + 3 * 3 and mask[5, 5] and not mask[5, 4]
+    with pytest.raises(ValueError, match="packed into b=1 n=9"):
+        Case(b=1, n=5, **like)
+
+
 def test_windows_and_softcaps_add_cases_labelled_and_run_by_ours_and_eager(tmp_path, capsys):
     from bench.__main__ import main
 
     main(["--out", str(tmp_path), "--tokens", "32", "--hidden", "16", "--seqlens", "32",
           "--head-dims", "16", "--dtypes", "fp32", "--causal", "true", "--modes", "fwd",
           "--providers", "eager", "ours", "sdpa-math", "sdpa-flash", "flex",
-          "--windows", "none", "8", "40", "--softcaps", "20"])
+          "--windows", "none", "8", "40", "--softcaps", "20", "--varlen", "false"])
     done = capsys.readouterr()
     rows = read_csv(tmp_path / "results.csv")
     status = {(r["provider"], (r["window"], r["softcap"])): r["status"] for r in rows}
@@ -268,7 +318,8 @@ def test_sweep_refuses_gpu_sized_lengths_without_cuda_and_names_quick(tmp_path):
 
     with pytest.raises(SystemExit, match="python -m bench --quick") as refusal:
         main(["--seqlens", "4096", "--head-dims", "128", "--out", str(tmp_path / "out")])
-    assert "n4096 d128" in str(refusal.value)
+    # It names the largest case: the padded batch of the 4096 tokens' documents.
+    assert "d128 causal padded" in str(refusal.value)
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
