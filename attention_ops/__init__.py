@@ -7,6 +7,7 @@ from attention_ops import reference
 from attention_ops.dropout import draw_dropout_seed, dropout_keep_mask
 from attention_ops.flash import flash_attention
 from attention_ops.kernels import use_autotuning
+from attention_ops.kvcache import flash_attention_with_kvcache
 from attention_ops.modules import (
     CausalAttention,
     MultiHeadAttention,
@@ -35,6 +36,7 @@ __all__ = [
     "dropout_keep_mask",
     "flash_attention",
     "flash_attention_varlen",
+    "flash_attention_with_kvcache",
     "patch_sdpa",
     "reference",
     "scaled_dot_product_attention",

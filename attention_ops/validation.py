@@ -300,6 +300,91 @@ def check_sinks(sinks: torch.Tensor | None, q: torch.Tensor, *,
                            None if any_float_dtype else (torch.float32, q.dtype))
 
 
+def check_kvcache_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         cache_seqlens: torch.Tensor, block_table: torch.Tensor | None) -> None:
+    """Check a decoding call: q (B, Hq, Lq >= 1, D); a contiguous cache (B, Hkv, Lmax, D|Dv)
+    or, with an int32 (B, max_blocks) block_table, a paged one (num_blocks, Hkv, block_size,
+    D|Dv); int32 (B,) cache_seqlens. Where reading them costs no synchronisation (CPU tensors
+    outside torch.compile) also the values: lengths within the capacity, blocks that exist."""
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D, got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, q on {q.device}")
+    if not q.dtype == k_cache.dtype == v_cache.dtype:
+        raise ValueError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, "
+                         f"{k_cache.dtype}, {v_cache.dtype}")
+    batch, heads_q, seqlen_q, head_dim = q.shape
+    if seqlen_q < 1:
+        raise ValueError(f"q must hold at least one query row, got shape {tuple(q.shape)}")
+    if k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(f"k_cache and v_cache must agree but on the head dim, got "
+                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    if k_cache.shape[3] != head_dim:
+        raise ValueError(f"q and k_cache head dims differ: {head_dim} and {k_cache.shape[3]}")
+    heads_kv = k_cache.shape[1]
+    if heads_kv == 0 or heads_q % heads_kv != 0:
+        raise ValueError(f"query heads ({heads_q}) must be a multiple of key/value heads "
+                         f"({heads_kv})")
+    _check_int32_tensor("cache_seqlens", cache_seqlens, (batch,), q)
+    if block_table is None:
+        if k_cache.shape[0] != batch:
+            raise ValueError(f"k_cache holds {k_cache.shape[0]} rows, q {batch}: a contiguous "
+                             f"cache is (B, Hkv, Lmax, D) (pass block_table for a paged one)")
+        capacity = k_cache.shape[2]
+    else:
+        if not isinstance(block_table, torch.Tensor) or block_table.dim() != 2:
+            raise ValueError("block_table must be a 2-D (B, max_blocks) int32 tensor")
+        _check_int32_tensor("block_table", block_table, (batch, block_table.shape[1]), q)
+        capacity = block_table.shape[1] * k_cache.shape[2]
+    if cache_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Value checks read the tensors: only where that costs no device synchronisation.
+        lengths = cache_seqlens.tolist()
+        if any(not 0 <= n <= capacity for n in lengths):
+            raise ValueError(f"cache_seqlens must lie in [0, {capacity}] (the cache's "
+                             f"capacity), got {lengths}")
+        if block_table is not None:
+            pages = k_cache.shape[2]
+            for b, n in enumerate(lengths):
+                used = block_table[b, :(n + pages - 1) // pages]
+                if used.numel() and (used.min() < 0 or used.max() >= k_cache.shape[0]):
+                    raise ValueError(f"block_table row {b} names blocks outside "
+                                     f"[0, {k_cache.shape[0]}): {used.tolist()}")
+
+
+def _check_int32_tensor(name: str, t, shape: tuple[int, ...], q: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.int32:
+        raise ValueError(f"{name} must be int32, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.device != q.device:
+        raise ValueError(f"{name} is on {t.device}, q on {q.device}")
+
+
+def check_inference_only(**tensors: torch.Tensor | None) -> None:
+    """No tensor requires grad while grad mode is on (the call defines no backward)."""
+    for name, t in tensors.items():
+        if t is not None and t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"{name} requires grad, but this call is inference only: run it "
+                             f"under torch.no_grad() or torch.inference_mode()")
+
+
+def check_num_splits(num_splits) -> int | None:
+    """The key-split count of a decoding call: None (automatic) or an int >= 1."""
+    if num_splits is None:
+        return None
+    if isinstance(num_splits, bool) or not isinstance(num_splits, numbers.Integral) \
+            or num_splits < 1:
+        raise ValueError(f"num_splits must be an int >= 1 or None, got {num_splits!r}")
+    return int(num_splits)
+
+
 def fused_path_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        attn_mask: torch.Tensor | None = None,
                        scale: float | None = None) -> str | None:

@@ -4,6 +4,7 @@
 wrappers, validation and dispatch live in ``attention_ops``.
 """
 
+from .decode import decode_forward
 from .dropout import DropoutStream, materialize_keep_mask
 from .flash_bwd import attention_backward
 from .flash_fwd import attention_forward
@@ -18,6 +19,7 @@ __all__ = [
     "ScoreMods",
     "attention_backward",
     "attention_forward",
+    "decode_forward",
     "interpreter_requested_too_late",
     "is_interpreter",
     "materialize_keep_mask",

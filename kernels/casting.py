@@ -21,7 +21,10 @@ def _bf16_rtne_by_hand(x):
 
 @triton.jit
 def downcast(x, dtype: tl.constexpr, INTERPRET_BF16: tl.constexpr):
-    """float32 ``x`` in ``dtype`` (a stored result), rounded to nearest even."""
+    """float32 ``x`` in ``dtype`` (a stored result), rounded to nearest even (a float32
+    destination, as split partial results, keeps it as is)."""
+    if dtype == tl.float32:
+        return x
     if INTERPRET_BF16:
         return _bf16_rtne_by_hand(x)
     return x.to(dtype, fp_downcast_rounding="rtne")

@@ -48,7 +48,15 @@ DQ_TILES = {
 }
 
 
-TILES = {"fwd": FWD_TILES, "dkdv": DKDV_TILES, "dq": DQ_TILES}
+# Decoding (a KV cache): the rows stack a group's query heads over a few query positions, so
+# one warpgroup's 64 rows (the smallest warpgroup-MMA tile) hold a typical group; the work is
+# reading the cache, spread over programs by splitting the keys.
+DECODE_TILES = {
+    64: [(64, 64, 4, 3), (64, 128, 4, 3), (64, 32, 4, 2)],
+    128: [(64, 64, 4, 3), (64, 32, 4, 3), (64, 128, 4, 2)],
+    256: [(64, 32, 4, 2), (32, 32, 4, 1)],
+}
+TILES = {"fwd": FWD_TILES, "dkdv": DKDV_TILES, "dq": DQ_TILES, "decode": DECODE_TILES}
 
 # float32 inputs take IEEE dots, which compile to FMA loops that hold operand slices in
 # registers: in the sm_90a report (float32, 2026-11-23) every half-precision tile above spills
@@ -66,6 +74,11 @@ FP32_TILES = {
         # ragged-tile masking and rounding rework of 2026-11-23 (0 B before).
         128: [(16, 32, 4, 2), (16, 16, 4, 1)],
         256: [(16, 16, 4, 2), (16, 16, 4, 1)],
+    },
+    "decode": {
+        64: [(32, 32, 4, 1), (32, 16, 4, 2)],
+        128: [(32, 16, 4, 2), (16, 16, 4, 1)],
+        256: [(16, 32, 4, 2), (16, 16, 4, 1)],
     },
     "dq": {
         64: [(32, 32, 4, 2), (16, 32, 4, 1), (32, 16, 4, 1), (64, 16, 4, 1)],

@@ -1,0 +1,125 @@
+"""``flash_attention_with_kvcache``: decoding against a KV cache, contiguous or paged, with the
+keys split across programs (flash-decoding). Inference only."""
+
+from __future__ import annotations
+
+import torch
+
+from attention_ops.kernels import LN2, ScoreMods, decode_forward
+from attention_ops.validation import (
+    check_alibi_slopes,
+    check_inference_only,
+    check_kvcache_inputs,
+    check_num_splits,
+    check_scale,
+    check_sinks,
+    check_softcap,
+    check_window,
+    fused_path_problem,
+)
+
+
+@torch.library.custom_op("attention_ops::flash_attention_with_kvcache", mutates_args=())
+def _kvcache_op(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    block_table: torch.Tensor | None,
+    alibi_slopes: torch.Tensor | None,
+    sinks: torch.Tensor | None,
+    scale: float,
+    causal: bool,
+    window_left: int | None,
+    window_right: int | None,
+    softcap: float | None,
+    num_splits: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) fp32 base 2 of the checked inputs."""
+    out = torch.empty((*q.shape[:3], v_cache.shape[3]), dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    window = None if window_left is None and window_right is None else (window_left,
+                                                                        window_right)
+    mods = ScoreMods(causal=causal, window=window, bottom_right=True, softcap=softcap,
+                     alibi_slopes=alibi_slopes, sinks=sinks)
+    if out.numel() > 0:
+        decode_forward(q, k_cache, v_cache, out, lse, cache_seqlens=cache_seqlens,
+                       block_table=block_table, scale=scale, mods=mods, num_splits=num_splits)
+    return out, lse
+
+
+@_kvcache_op.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, block_table, alibi_slopes, sinks, scale, causal,
+      window_left, window_right, softcap, num_splits):
+    return (q.new_empty((*q.shape[:3], v_cache.shape[3])),
+            q.new_empty(q.shape[:3], dtype=torch.float32))
+
+
+def flash_attention_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    block_table: torch.Tensor | None = None,
+    causal: bool = True,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
+    scale: float | None = None,
+    num_splits: int | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of a few new query rows against each batch row's KV cache (decoding).
+
+    The queries are the last Lq positions of their row: query i of row b sits at position
+    cache_seqlens[b] - Lq + i, so ``causal`` and ``window`` are bottom-right aligned. The score
+    pipeline is the training kernel's (softcap, ALiBi, sinks, window); the grouped query heads
+    of one key/value head share a program, and each row's keys are split over ``num_splits``
+    programs whose partial results merge by their LSE in float32.
+
+    Args:
+        q: (B, Hq, Lq, D), Lq >= 1 (1 for decoding, a few for speculative decoding); any
+            strides; float16, bfloat16 or float32.
+        k_cache: (B, Hkv, Lmax, D), or with ``block_table`` (num_blocks, Hkv, block_size, D);
+            Hkv dividing Hq; the dtype of q.
+        v_cache: (B, Hkv, Lmax, Dv), or (num_blocks, Hkv, block_size, Dv).
+        cache_seqlens: (B,) int32, the valid keys of each row (at most the cache's capacity:
+            Lmax, or max_blocks * block_size).
+        block_table: (B, max_blocks) int32: key t of row b lives in block
+            block_table[b, t // block_size] at row t % block_size.
+        causal: query i sees keys up to its own position (the default: the cache holds the
+            queries' own keys).
+        window, softcap, alibi_slopes, sinks, scale: as in ``flash_attention``; alibi_slopes
+            (Hq,) or (B, Hq) float32.
+        num_splits: programs sharing each row's keys; None picks from the batch, heads and
+            cache length and the GPU's multiprocessor count. Any value gives the same result
+            up to rounding.
+        return_lse: also return the natural-log LSE (B, Hq, Lq) float32.
+
+    Returns:
+        out (B, Hq, Lq, Dv) contiguous in q's dtype (zeros for a row that sees nothing);
+        with ``return_lse`` also lse.
+
+    Raises:
+        ValueError: before any launch, on bad shapes, dtypes, devices, cache lengths or block
+            tables, bad modifier values, or an input that requires grad while grad mode is on
+            (inference only: no backward is defined).
+    """
+    check_kvcache_inputs(q, k_cache, v_cache, cache_seqlens, block_table)
+    check_inference_only(q=q, k_cache=k_cache, v_cache=v_cache, alibi_slopes=alibi_slopes,
+                         sinks=sinks)
+    scale = check_scale(scale, q.shape[-1])
+    window, softcap = check_window(window), check_softcap(softcap)
+    check_alibi_slopes(alibi_slopes, q)
+    check_sinks(sinks, q)
+    num_splits = check_num_splits(num_splits)
+    problem = fused_path_problem(q, k_cache, v_cache)
+    if problem is not None:
+        raise ValueError(f"flash_attention_with_kvcache cannot run on these inputs: {problem}")
+    window_left, window_right = window if window is not None else (None, None)
+    out, lse = _kvcache_op(q, k_cache, v_cache, cache_seqlens, block_table, alibi_slopes,
+                           sinks, scale, bool(causal), window_left, window_right, softcap,
+                           num_splits)
+    return (out, lse * LN2) if return_lse else out

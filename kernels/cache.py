@@ -1,0 +1,49 @@
+"""KV-cache geometry of a decoding launch (the forward kernel's DECODE, PAGED and SPLIT_KV
+switches), host side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Row b of the cache holds ``cache_seqlens[b]`` keys (int32 (B,)); with ``block_table``
+    (int32 (B, max_pages)) the caches are (num_pages, Hkv, page_size, D) and key t of row b
+    lives in page block_table[b, t // page_size]. ``num_splits`` programs share each row's
+    keys; with more than one, the launch writes partial results whose split s sits
+    ``split_strides`` = (output stride, LSE stride) elements after split 0."""
+
+    cache_seqlens: torch.Tensor
+    block_table: torch.Tensor | None = None
+    num_splits: int = 1
+    split_strides: tuple[int, int] = (0, 0)
+
+    def capacity(self, k_cache: torch.Tensor) -> int:
+        """The most keys a row can hold."""
+        if self.block_table is None:
+            return k_cache.shape[2]
+        return self.block_table.shape[1] * k_cache.shape[2]
+
+
+def cache_args(cache: CacheLayout | None, k_cache: torch.Tensor,
+               placeholder: torch.Tensor) -> tuple:
+    """The kernel's cache arguments: key counts and block table pointers, the table's row
+    stride, the page size, the split count and the partial results' split strides."""
+    if cache is None or cache.block_table is None:
+        table, table_stride, page_size = placeholder, 0, 1
+    else:
+        table, table_stride, page_size = (cache.block_table, cache.block_table.stride(0),
+                                          k_cache.shape[2])
+    if cache is None:
+        return placeholder, table, table_stride, page_size, 1, 0, 0
+    return (cache.cache_seqlens, table, table_stride, page_size, cache.num_splits,
+            *cache.split_strides)
+
+
+def cache_flags(cache: CacheLayout | None) -> dict:
+    return dict(DECODE=cache is not None,
+                PAGED=cache is not None and cache.block_table is not None,
+                SPLIT_KV=cache is not None and cache.num_splits > 1)
