@@ -221,3 +221,12 @@ def test_mask_function_hands_over_the_position_ids_of_packed_documents_under_the
         assert mask is positions
     else:  # transformers' block-diagonal (1, 1, 8, 8) mask
         assert torch.equal(mask, sdpa_mask(**case))
+
+
+@pytest.mark.parametrize("mask", [torch.ones(1, 3), torch.ones(1, 4, dtype=torch.bool),
+                                  torch.zeros(1, 4, dtype=torch.long)],
+                         ids=["float", "padding-of-the-wrong-length", "positions-too-long"])
+def test_a_2d_mask_that_is_neither_padding_nor_position_ids_raises(mask):
+    q = torch.randn(1, 2, 3, 16)
+    with pytest.raises(ValueError, match="bool padding mask of shape"):
+        ao_transformers.attention_forward(torch.nn.Module(), q, q, q, mask)

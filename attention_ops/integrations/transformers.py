@@ -167,11 +167,14 @@ def _packing(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tenso
     attention over whole rows."""
     batch, q_length, kv_length = query.shape[0], query.shape[2], key.shape[2]
     if attention_mask is not None and attention_mask.dim() == 2:
-        expected = (batch, kv_length if attention_mask.dtype == torch.bool else q_length)
-        if tuple(attention_mask.shape) != expected:
-            raise ValueError(f"a 2-D attention_mask must have shape {expected} here, got "
+        padding = attention_mask.dtype == torch.bool
+        expected = (batch, kv_length if padding else q_length)
+        if tuple(attention_mask.shape) != expected or attention_mask.is_floating_point():
+            raise ValueError(f"a 2-D attention_mask must be a bool padding mask of shape "
+                             f"{(batch, kv_length)} or integer position ids of shape "
+                             f"{(batch, q_length)} here, got {attention_mask.dtype} "
                              f"{tuple(attention_mask.shape)}")
-        if attention_mask.dtype == torch.bool:
+        if padding:
             return padded_batch(attention_mask, q_length)
     elif attention_mask is not None:
         return None
