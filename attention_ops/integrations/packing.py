@@ -28,7 +28,7 @@ from attention_ops.varlen import flash_attention_varlen
 class Packing:
     """Sequence n is query tokens cu_seqlens_q[n]:cu_seqlens_q[n+1] of the flattened batch
     with key tokens cu_seqlens_k[n]:cu_seqlens_k[n+1]; int32 (N + 1,) on the batch's device.
-    ``max_seqlen``: the longest sequence, when known without a host read (a tuning hint)."""
+    ``max_seqlen``: the longest sequence where known (it only picks the autotuning bucket)."""
 
     cu_seqlens_q: torch.Tensor
     cu_seqlens_k: torch.Tensor
@@ -137,8 +137,8 @@ def attend_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Pa
     """
     options = dict(causal=causal, window=window, dropout_p=dropout_p, scale=scale,
                    softcap=softcap, sinks=sinks, align="bottom_right")
-    heads_first = [t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)]  # (1, H, T, D) views
-    if fused_path_problem(*heads_first, scale=scale) is None:
+    hq, hk, hv = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, H, T, D) views
+    if fused_path_problem(hq, hk, hv, scale=scale) is None:
         return flash_attention_varlen(q, k, v, packing.cu_seqlens_q, packing.cu_seqlens_k,
                                       max_seqlen_q=packing.max_seqlen,
                                       max_seqlen_k=packing.max_seqlen, **options)
@@ -146,7 +146,6 @@ def attend_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Pa
     cu_q, cu_k = packing.cu_seqlens_q.tolist(), packing.cu_seqlens_k.tolist()
     for q0, q1, k0, k1 in zip(cu_q, cu_q[1:], cu_k, cu_k[1:], strict=False):
         if q1 > q0 and k1 > k0:
-            hq, hk, hv = (t[..., a:b, :] for t, a, b in zip(heads_first, (q0, k0, k0),
-                                                             (q1, k1, k1), strict=True))
-            out[q0:q1] = attend(hq, hk, hv, **options)[0].transpose(0, 1)
+            out[q0:q1] = attend(hq[:, :, q0:q1], hk[:, :, k0:k1], hv[:, :, k0:k1],
+                                **options)[0].transpose(0, 1)
     return out
