@@ -37,11 +37,18 @@ from triton._C.libtriton import native_specialize_impl  # what the launcher spec
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from attention_ops.kernels import PackedSequences, ScoreMods, configs, flash_bwd, flash_fwd
+from attention_ops.kernels import (
+    PackedSequences,
+    ScoreMods,
+    configs,
+    decode,
+    flash_bwd,
+    flash_fwd,
+)
 from attention_ops.kernels.launch import tile_config
 from bench.cases import DTYPES
 
-KINDS = ("fwd", "dkdv", "dq")
+KINDS = ("fwd", "dkdv", "dq", "decode")
 SHARED_MEMORY_OVER = "shared memory over the limit"
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
@@ -70,9 +77,12 @@ class _NotLaunched:
 # Score-pipeline variants the report can compile (``--variants``): each turns on the
 # constexpr switches of the modifiers it names ("all": every one at once).
 # "value-dim" gives the values half the query/key head dim (Dv != D, as DeepSeek's 192/128);
-# "varlen" packs two sequences of half the length (the VARLEN geometry switch).
+# "varlen" packs two sequences of half the length (the VARLEN geometry switch); "decode"
+# reads a paged KV cache with split keys and stacked grouped heads (DECODE, PAGED, SPLIT_KV)
+# under every modifier a decoder uses (window, softcap, ALiBi, sinks): it alone compiles the
+# "decode" kernel kind, and no other kind.
 MODIFIER_VARIANTS = ("window", "softcap", "alibi", "sinks", "float-mask", "value-dim")
-VARIANTS = ("plain", *MODIFIER_VARIANTS, "all", "varlen")
+VARIANTS = ("plain", *MODIFIER_VARIANTS, "all", "varlen", "decode")
 
 
 def score_mods(variant: str, causal: bool, mask: bool, heads: int, seqlen: int) -> ScoreMods:
@@ -115,6 +125,12 @@ def captured_launches(head_dim: int, causal: bool, dtype: str, dropout: bool, ma
 
     def record(kernel, kind, grid, args, flags):
         launches[kind] = (kernel, args, flags)
+
+    if variant == "decode":
+        with (mock.patch.object(flash_fwd, "launch", record),
+              mock.patch.object(decode, "_combine_splits_kernel", _NotLaunched())):
+            decode_launch(head_dim, DTYPES[dtype], heads)
+        return launches
 
     with (mock.patch.object(flash_fwd, "launch", record),
           mock.patch.object(flash_bwd, "launch", record),
@@ -251,6 +267,21 @@ def table_row(r: Report) -> str:
             f"{cell(r.mma_factor, '.2f')} | {r.error} |")
 
 
+def decode_launch(head_dim: int, dtype: torch.dtype, heads_kv: int) -> None:
+    """Run the decoding launcher on a paged cache (4 query heads per key/value head, one query
+    row, 4 rows of 8192 keys in pages of 64, 4 splits) with the decoder's modifiers."""
+    batch, page, pages_per_row = 4, 64, 128
+    q = torch.empty(batch, 4 * heads_kv, 1, head_dim, dtype=dtype)
+    k, v = (torch.empty(batch * pages_per_row, heads_kv, page, head_dim, dtype=dtype)
+            for _ in range(2))
+    table = torch.zeros(batch, pages_per_row, dtype=torch.int32)
+    mods = ScoreMods(causal=True, window=(4095, 0), bottom_right=True, softcap=50.0,
+                     alibi_slopes=torch.ones(4 * heads_kv), sinks=torch.zeros(4 * heads_kv))
+    decode.decode_forward(q, k, v, torch.empty(q.shape), torch.empty(q.shape[:3]),
+                          cache_seqlens=torch.zeros(batch, dtype=torch.int32),
+                          block_table=table, scale=head_dim ** -0.5, mods=mods, num_splits=4)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90, 80")
@@ -274,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     causal_values = {"yes": [True], "no": [False], "both": [False, True]}[args.causal]
     jobs = [(variant, name, head_dim, causal, tile_config(tile))
             for variant in args.variants
-            for name in args.kernels for head_dim in args.head_dims for causal in causal_values
+            for name in args.kernels if (name == "decode") == (variant == "decode")
+            for head_dim in args.head_dims for causal in causal_values
             for tile in configs.candidate_tiles(name, configs.head_dim_block(head_dim),
                                                 DTYPES[args.dtype])[:args.max_configs]]
     print("| variant | kernel | D | causal | config | regs | spill B | smem KiB | HGMMA | MMA x "

@@ -95,7 +95,8 @@ def assert_hopper_ready(rows: list[list[str]], dtype: str) -> None:
 def test_every_candidate_tile_compiles_for_hopper_without_spills(dtype):
     """CI has no GPU: compile every D=64 and D=128 candidate tile (causal, the launchers' real
     arguments) for sm_90a down to SASS."""
-    rows = compile_report_rows("--head-dims", "64", "128", "--causal", "yes", "--dtype", dtype)
+    rows = compile_report_rows("--head-dims", "64", "128", "--causal", "yes", "--dtype", dtype,
+                               "--variants", "plain", "decode")
     tables = configs.FP32_TILES if dtype == "fp32" else configs.TILES
     assert len(rows) == sum(len(tables[kind][d]) for kind in tables for d in (64, 128))
     assert_hopper_ready(rows, dtype)
@@ -103,15 +104,16 @@ def test_every_candidate_tile_compiles_for_hopper_without_spills(dtype):
 
 def test_every_score_modifier_compiles_for_hopper_without_spills():
     """Each score-pipeline switch (sliding window, softcap, ALiBi, sinks, float mask, a value
-    head dim of half the query's), all of them at once, and packed sequences, on the tile
-    taken when autotuning is off (the first candidate within an H100's shared memory: a float
-    mask's tile is staged there too), bf16, causal, D 64/128."""
+    head dim of half the query's), all of them at once, packed sequences, and decoding from a
+    paged cache with split keys (its one kernel), on the tile taken when autotuning is off
+    (the first candidate within an H100's shared memory: a float mask's tile is staged there
+    too), bf16, causal, D 64/128."""
     variants = ["window", "softcap", "alibi", "sinks", "float-mask", "value-dim", "all",
-                "varlen"]
+                "varlen", "decode"]
     rows = compile_report_rows("--head-dims", "64", "128", "--causal", "yes", "--first-fitting",
                                "--variants", *variants)
     assert sorted({row[0] for row in rows}) == sorted(variants)
-    assert len(rows) == len(variants) * 2 * 3
+    assert len(rows) == (len(variants) - 1) * 2 * 3 + 2
     assert_hopper_ready(rows, "bf16")
 
 
