@@ -482,6 +482,8 @@ def attention_backward(
     Returns:
         the sinks' gradient (Hq,) float32 when ``mods.sinks`` is set, else None.
     """
+    if not lse.is_contiguous():  # the kernels index it as a dense (B, Hq, Lq) array
+        raise ValueError(f"lse must be contiguous, got strides {lse.stride()}")
     mods = mods or ScoreMods()
     batch, n_heads_q, seqlen_q, head_dim = q.shape
     n_heads_kv, seqlen_k, head_dim_v = k.shape[1], k.shape[2], v.shape[3]

@@ -308,6 +308,8 @@ def attention_forward(
     ``cache``: k and v are a KV cache (``cache.CacheLayout``: per-row key counts, pages,
     splits; with splits, out and lse are split 0 of the partial results).
     """
+    if not lse.is_contiguous():  # the kernels index it as a dense (B, Hq, Lq) array
+        raise ValueError(f"lse must be contiguous, got strides {lse.stride()}")
     mods = mods or ScoreMods()
     batch, n_heads_q, seqlen_q, head_dim = q.shape
     group_size = n_heads_q // k.shape[1]
