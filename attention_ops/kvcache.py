@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from attention_ops.kernels import LN2, ScoreMods, decode_forward
+from attention_ops import ops
+from attention_ops.kernels import LN2
 from attention_ops.validation import (
     check_alibi_slopes,
     check_inference_only,
@@ -17,42 +18,6 @@ from attention_ops.validation import (
     check_window,
     fused_path_problem,
 )
-
-
-@torch.library.custom_op("attention_ops::flash_attention_with_kvcache", mutates_args=())
-def _kvcache_op(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    cache_seqlens: torch.Tensor,
-    block_table: torch.Tensor | None,
-    alibi_slopes: torch.Tensor | None,
-    sinks: torch.Tensor | None,
-    scale: float,
-    causal: bool,
-    window_left: int | None,
-    window_right: int | None,
-    softcap: float | None,
-    num_splits: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) fp32 base 2 of the checked inputs."""
-    out = torch.empty((*q.shape[:3], v_cache.shape[3]), dtype=q.dtype, device=q.device)
-    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
-    window = None if window_left is None and window_right is None else (window_left,
-                                                                        window_right)
-    mods = ScoreMods(causal=causal, window=window, bottom_right=True, softcap=softcap,
-                     alibi_slopes=alibi_slopes, sinks=sinks)
-    if out.numel() > 0:
-        decode_forward(q, k_cache, v_cache, out, lse, cache_seqlens=cache_seqlens,
-                       block_table=block_table, scale=scale, mods=mods, num_splits=num_splits)
-    return out, lse
-
-
-@_kvcache_op.register_fake
-def _(q, k_cache, v_cache, cache_seqlens, block_table, alibi_slopes, sinks, scale, causal,
-      window_left, window_right, softcap, num_splits):
-    return (q.new_empty((*q.shape[:3], v_cache.shape[3])),
-            q.new_empty(q.shape[:3], dtype=torch.float32))
 
 
 def flash_attention_with_kvcache(
@@ -119,7 +84,7 @@ def flash_attention_with_kvcache(
     if problem is not None:
         raise ValueError(f"flash_attention_with_kvcache cannot run on these inputs: {problem}")
     window_left, window_right = window if window is not None else (None, None)
-    out, lse = _kvcache_op(q, k_cache, v_cache, cache_seqlens, block_table, alibi_slopes,
-                           sinks, scale, bool(causal), window_left, window_right, softcap,
-                           num_splits)
+    out, lse = ops.flash_attention_with_kvcache(
+        q, k_cache, v_cache, cache_seqlens, block_table, alibi_slopes, sinks, scale,
+        bool(causal), window_left, window_right, softcap, num_splits)
     return (out, lse * LN2) if return_lse else out

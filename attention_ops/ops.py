@@ -16,6 +16,7 @@ from attention_ops.kernels import (
     ScoreMods,
     attention_backward,
     attention_forward,
+    decode_forward,
 )
 
 
@@ -203,3 +204,37 @@ def _(do, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen, seed, alibi
       sinks, scale, causal, dropout_p, window_left, window_right, bottom_right, softcap):
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
             q.new_empty(0 if sinks is None else sinks.shape[0], dtype=torch.float32))
+
+
+@torch.library.custom_op("attention_ops::flash_attention_with_kvcache", mutates_args=())
+def flash_attention_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    block_table: torch.Tensor | None,
+    alibi_slopes: torch.Tensor | None,
+    sinks: torch.Tensor | None,
+    scale: float,
+    causal: bool,
+    window_left: int | None,
+    window_right: int | None,
+    softcap: float | None,
+    num_splits: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoding: q (B, Hq, Lq, D) the last Lq positions of each row of a KV cache (see
+    ``attention_ops.kvcache``) -> out (B, Hq, Lq, Dv), lse (B, Hq, Lq) fp32 base 2."""
+    out = torch.empty((*q.shape[:3], v_cache.shape[3]), dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+    mods = _mods(None, alibi_slopes, sinks, causal, window_left, window_right, True, softcap)
+    if out.numel() > 0:
+        decode_forward(q, k_cache, v_cache, out, lse, cache_seqlens=cache_seqlens,
+                       block_table=block_table, scale=scale, mods=mods, num_splits=num_splits)
+    return out, lse
+
+
+@flash_attention_with_kvcache.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, block_table, alibi_slopes, sinks, scale, causal,
+      window_left, window_right, softcap, num_splits):
+    return (q.new_empty((*q.shape[:3], v_cache.shape[3])),
+            q.new_empty(q.shape[:3], dtype=torch.float32))

@@ -24,13 +24,7 @@ from .configs import INTERPRETER_META, head_dim_block
 from .dropout import DropoutStream, dropout_args, keep_mask, keep_mask_t
 from .launch import is_interpreter, kernel_flags, launch, needs_int64_rows, seqlen_bucket
 from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
-from .varlen import (
-    PackedSequences,
-    packed_args,
-    sequence_span,
-    sequence_tile,
-    tuning_length,
-)
+from .varlen import PackedSequences, packed_args, packed_tile, tuning_length
 
 
 @triton.jit
@@ -199,14 +193,10 @@ def _attn_bwd_dkdv_kernel(
     q_start = 0  # the sequence's first query and key token; offsets, not moved pointers,
     k_start = 0  # which would hold 64-bit registers through the loop (a spill at D=128)
     if VARLEN:
-        i_seq, i_n = sequence_tile(CU_SEQLENS_K, n_seqs, search_steps, i_n, BLOCK_N)
-        q_start, seqlen_q = sequence_span(CU_SEQLENS_Q, i_seq)
-        k_start, seqlen_k = sequence_span(CU_SEQLENS_K, i_seq)
+        i_n, k_start, seqlen_k, q_start, seqlen_q = packed_tile(
+            CU_SEQLENS_K, CU_SEQLENS_Q, n_seqs, search_steps, i_n, BLOCK_N, INT64_ROWS)
         if i_n * BLOCK_N >= seqlen_k:  # a gap program
             return
-        if INT64_ROWS:
-            q_start = q_start.to(tl.int64)
-            k_start = k_start.to(tl.int64)
     diagonal_offset = bottom_right * (seqlen_k - seqlen_q)
 
     offs_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -375,14 +365,10 @@ def _attn_bwd_dq_kernel(
     row0 = i_bh * seqlen_q  # LSE and DELTA rows, before seqlen_q becomes a sequence's
     rng_row0 = i_bh * rng_rows_per_head + rng_row_offset
     if VARLEN:
-        i_seq, i_m = sequence_tile(CU_SEQLENS_Q, n_seqs, search_steps, i_m, BLOCK_M)
-        q_start, seqlen_q = sequence_span(CU_SEQLENS_Q, i_seq)
-        k_start, seqlen_k = sequence_span(CU_SEQLENS_K, i_seq)
+        i_m, q_start, seqlen_q, k_start, seqlen_k = packed_tile(
+            CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps, i_m, BLOCK_M, INT64_ROWS)
         if i_m * BLOCK_M >= seqlen_q:  # a gap program
             return
-        if INT64_ROWS:
-            q_start = q_start.to(tl.int64)
-            k_start = k_start.to(tl.int64)
         Q += q_start * stride_qm
         DO += q_start * stride_dom
         DQ += q_start * stride_dqm

@@ -18,13 +18,7 @@ from .configs import head_dim_block
 from .dropout import DropoutStream, dropout_args, keep_mask
 from .launch import kernel_flags, launch, needs_int64_rows, seqlen_bucket
 from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
-from .varlen import (
-    PackedSequences,
-    packed_args,
-    sequence_span,
-    sequence_tile,
-    tuning_length,
-)
+from .varlen import PackedSequences, packed_args, packed_tile, tuning_length
 
 
 @triton.jit
@@ -172,14 +166,10 @@ def _attn_fwd_kernel(
     p_lse = LSE + i_split * stride_lse_split + (i_b * n_heads_q + i_h) * rows_per_head
     rng_row0 = i_bh * rng_rows_per_head + rng_row_offset
     if VARLEN:
-        i_seq, i_m = sequence_tile(CU_SEQLENS_Q, n_seqs, search_steps, i_m, BLOCK_M)
-        q_start, seqlen_q = sequence_span(CU_SEQLENS_Q, i_seq)
-        k_start, seqlen_k = sequence_span(CU_SEQLENS_K, i_seq)
+        i_m, q_start, seqlen_q, k_start, seqlen_k = packed_tile(
+            CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps, i_m, BLOCK_M, INT64_ROWS)
         if i_m * BLOCK_M >= seqlen_q:  # a gap program
             return
-        if INT64_ROWS:
-            q_start = q_start.to(tl.int64)
-            k_start = k_start.to(tl.int64)
         Q += q_start * stride_qm
         O += q_start * stride_om
         K += k_start * stride_kn

@@ -118,7 +118,7 @@ def test_bad_inputs_raise_before_any_launch(change, message, device, monkeypatch
     def no_launch(*args, **kw):
         raise AssertionError("a kernel was launched on bad input")
 
-    monkeypatch.setattr("attention_ops.kvcache.decode_forward", no_launch)
+    monkeypatch.setattr("attention_ops.ops.decode_forward", no_launch)
     q, k, v, lens = cache_problem(1, torch.float32, device)
     table = None
     if "table" in change:  # a paged cache instead: 48 blocks of 8 keys, 12 per row
