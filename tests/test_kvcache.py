@@ -131,3 +131,16 @@ def test_bad_inputs_raise_before_any_launch(change, message, device, monkeypatch
     with pytest.raises(ValueError, match=message):
         ao.flash_attention_with_kvcache(q, k, v, lens, block_table=table,
                                         num_splits=change.get("num_splits"))
+
+
+def test_compiles_without_graph_breaks(device):
+    torch._dynamo.reset()
+    q, k, v, cache_seqlens = cache_problem(1, torch.float32, device)
+
+    def decode(q, k, v, cache_seqlens):
+        return ao.flash_attention_with_kvcache(q, k, v, cache_seqlens, num_splits=2)
+
+    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")  # breaks raise
+    torch.testing.assert_close(compiled(q, k, v, cache_seqlens), decode(q, k, v, cache_seqlens),
+                               rtol=0, atol=0)
+    torch._dynamo.reset()
