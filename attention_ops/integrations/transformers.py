@@ -16,6 +16,10 @@ Where no padding needs a mask, ``create_attention_mask`` below returns None and
 layer passes: no (L, S) mask is built and a windowed query row costs O(window); with padding,
 the same rule runs within each row's real tokens.
 
+Decoding runs ``flash_attention_with_kvcache`` (see ``attention_forward``): a few new queries
+over cached keys, in inference, with no mask (a dynamic cache: every key is valid) or a boolean
+mask that is causal attention over each row's first n keys (a static cache: its filled part).
+
 Packed and padded batches run ``flash_attention_varlen`` (see ``attention_forward``): rows of
 documents laid end to end (position ids restarting, or transformers' ``cu_seq_lens_q`` /
 ``cu_seq_lens_k``) attend document by document, and a padded batch whose mask is causal (with
@@ -25,6 +29,7 @@ mask per row. Other masks stay boolean (B, 1, L, S) masks, which the kernel read
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -41,12 +46,14 @@ from transformers.utils.import_utils import is_torchdynamo_exporting, is_tracing
 
 from attention_ops.integrations.packing import (
     Packing,
+    _memoized_per_tensor,
     attend_packed,
     packed_documents,
     padded_batch,
 )
+from attention_ops.kvcache import flash_attention_with_kvcache
 from attention_ops.sdpa import attend
-from attention_ops.validation import check_attention_inputs, check_mask
+from attention_ops.validation import check_attention_inputs, check_mask, fused_path_problem
 
 NAME = "attention_ops"
 
@@ -60,6 +67,11 @@ _UNSUPPORTED = {"position_bias": "an additive position bias"}
 # models build sliding masks too, but some of them (PhiMoE, Qwen2-MoE, Doge, BLT) never pass
 # ``sliding_window``: their sliding layers always get the full boolean mask.
 WINDOW_FROM_ARGUMENT = frozenset({"gemma2", "gpt_oss", "mistral"})
+
+# Decoding: up to this many new queries over at least one cached key run
+# flash_attention_with_kvcache, whose tiles stack a group's query heads (each cached key is
+# read once per key/value head). Longer chunks fill the forward kernel's query tiles.
+DECODE_MAX_QUERIES = 16
 
 
 def attention_forward(
@@ -78,6 +90,15 @@ def attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """Attention with the signature transformers' ``AttentionInterface`` calls.
 
+    Decoding runs ``flash_attention_with_kvcache``: a causal layer's L <= DECODE_MAX_QUERIES
+    queries over S > L keys, the queries the last of them, in inference (no dropout, nothing
+    requiring grad while grad mode is on), on inputs the fused kernels take, with
+
+    - no mask: every row's S keys are valid (a dynamic cache);
+    - a bool (B, 1, L, S) mask that is exactly causal attention (with ``sliding_window``) of
+      the queries as the last of each row's first n keys, for some lengths n (B,): a static
+      cache's filled part, its unfilled slots masked.
+
     Packed and padded batches run ``flash_attention_varlen``, each document or each row's
     real tokens attending only to itself (causal with ``sliding_window``, bottom-right
     aligned, for a causal layer), pads giving zeros:
@@ -90,8 +111,9 @@ def attention_forward(
       document starts wherever a position is not the previous one plus 1;
     - ``attention_mask`` a bool (B, S) padding mask (from ``create_attention_mask``).
 
-    Finding documents from position ids reads them on the host once per tensor, so once per
-    forward pass; the other cases never synchronise.
+    Finding documents from position ids, or a decoding mask's lengths, reads the tensor on the
+    host once, so once per forward pass (the layers share it); the other cases never
+    synchronise.
 
     Args:
         module: the calling attention layer; its ``is_causal`` (default True) applies when
@@ -139,6 +161,13 @@ def attention_forward(
         check_mask(attention_mask, query,
                    (query.shape[0], query.shape[1], query.shape[2], key.shape[2]),
                    allow_float=True)
+    if is_causal and _decodes(query, key, value, s_aux, dropout, scaling):
+        window = _window(True, sliding_window)
+        cache_seqlens = _cache_seqlens(query, key, attention_mask, window)
+        if cache_seqlens is not None:
+            out = flash_attention_with_kvcache(query, key, value, cache_seqlens, window=window,
+                                               softcap=softcap, sinks=s_aux, scale=scaling)
+            return out.transpose(1, 2).contiguous(), None
     # A given mask already holds causality and the window (see ``create_attention_mask``).
     causal = bool(is_causal) and attention_mask is None
     out = attend(query, key, value, attn_mask=attention_mask, causal=causal,
@@ -154,6 +183,57 @@ def _window(causal: bool, sliding_window: int | None) -> tuple[int, int] | None:
             or sliding_window < 1:
         raise ValueError(f"sliding_window must be an int >= 1 or None, got {sliding_window!r}")
     return (sliding_window - 1, 0)
+
+
+def _decodes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             sinks: torch.Tensor | None, dropout: float, scale: float | None) -> bool:
+    """Whether ``flash_attention_with_kvcache`` takes this call: decode-shaped (at most
+    DECODE_MAX_QUERIES queries, fewer than the keys), inference only, fused-path inputs."""
+    if not query.shape[2] <= min(DECODE_MAX_QUERIES, key.shape[2] - 1) or dropout > 0:
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (query, key, value, sinks)):
+        return False
+    return fused_path_problem(query, key, value, scale=scale) is None
+
+
+def _cache_seqlens(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+                   window: tuple[int, int] | None) -> torch.Tensor | None:
+    """The valid keys of each row, int32 (B,), where causal attention (with ``window``) of the
+    queries as the last of them is the call's attention (see ``attention_forward``), else
+    None."""
+    batch, kv_length = query.shape[0], key.shape[2]
+    if attention_mask is None:
+        return torch.full((batch,), kv_length, dtype=torch.int32, device=query.device)
+    if (attention_mask.dtype != torch.bool or attention_mask.dim() != 4
+            or attention_mask.shape[:2] != (batch, 1) or is_tracing(attention_mask)):
+        return None
+    return _causal_prefix_lengths_checker(window)(attention_mask)
+
+
+@functools.cache
+def _causal_prefix_lengths_checker(
+        window: tuple[int, int] | None) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """``_causal_prefix_lengths`` for ``window``, remembering its last mask (one per window:
+    a model's sliding and full layers have a mask each)."""
+    return _memoized_per_tensor(functools.partial(_causal_prefix_lengths, window=window))
+
+
+def _causal_prefix_lengths(mask: torch.Tensor, *,
+                           window: tuple[int, int] | None) -> torch.Tensor | None:
+    """The lengths n, int32 (B,), for which the bool (B, 1, L, S) ``mask`` is causal attention
+    (with ``window`` (left, 0)) of the L queries as the last of each row's first n keys, or
+    None where no lengths give it. One host read."""
+    rows = mask[:, 0]
+    q_length, kv_length = rows.shape[1:]
+    keys = torch.arange(kv_length, device=mask.device)
+    # The last query sits at its row's last valid key, the last key it sees.
+    lengths = torch.where(rows[:, -1], keys + 1, 0).amax(-1)
+    positions = lengths[:, None] - q_length + torch.arange(q_length, device=mask.device)
+    expected = keys <= positions[..., None]
+    if window is not None:
+        expected &= keys >= positions[..., None] - window[0]
+    return lengths.to(torch.int32) if torch.equal(rows, expected) else None
 
 
 def _tokens(t: torch.Tensor) -> torch.Tensor:
@@ -225,9 +305,10 @@ def create_attention_mask(
 
     Otherwise the boolean (batch_size, 1, q_length, kv_length) mask of
     ``transformers.masking_utils.sdpa_mask``, built in full (also for a static cache's prefill,
-    where "sdpa" relies on top-left ``is_causal`` instead, and while tracing, where the
-    decision would read tensor values); for bidirectional masks that function's own shortcuts
-    apply.
+    where "sdpa" relies on top-left ``is_causal`` instead, for its decoding steps, where
+    transformers asks for the mask and ``attention_forward`` reads the filled lengths from it,
+    and while tracing, where the decision would read tensor values); for bidirectional masks
+    that function's own shortcuts apply.
 
     Args:
         batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask,
