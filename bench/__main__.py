@@ -7,6 +7,7 @@ and plots. Without CUDA it runs a small correctness-only sweep on the Triton int
     python -m bench --providers sdpa-flash ours --modes fwd+bwd --dropouts 0.0 0.1
     python -m bench --seqlens 8192 16384 --windows 4096 --softcaps 50   # sliding window, softcap
     python -m bench --seqlens 4096 --varlen true --providers ours    # packed vs padded documents
+    python -m bench --seqlens none --decode-lengths 4096 32768   # decoding only: 1 query a row
 
 Without CUDA it refuses cases the interpreter would take hours over (see
 ``bench.cases.INTERPRETER_MAX_WORK``), naming ``--quick``.
@@ -40,10 +41,10 @@ from bench.sweep import run_sweep
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 COLUMNS = {
-    "provider": "provider", "mode": "mode", "b": "b", "h": "h", "n": "n", "d": "d",
-    "causal": "causal", "window": "window", "softcap": "softcap", "dtype": "dtype", "p": "p",
-    "layout": "documents", "docs": "docs", "status": "status", "ms": "ms (median)",
-    "tflops": "TFLOP/s", "tokens_per_s": "tokens/s", "peak_mib": "peak MiB",
+    "provider": "provider", "mode": "mode", "b": "b", "h": "h", "h_kv": "h kv", "n": "n",
+    "d": "d", "causal": "causal", "window": "window", "softcap": "softcap", "dtype": "dtype",
+    "p": "p", "layout": "layout", "docs": "docs", "status": "status", "ms": "ms (median)",
+    "tflops": "TFLOP/s", "tokens_per_s": "tokens/s", "gb_per_s": "GB/s", "peak_mib": "peak MiB",
     "speedup_vs_eager": "x eager", "speedup_vs_best_other": "x best other", "max_err": "max err",
     "rel_err": "rel err",
 }
@@ -54,7 +55,8 @@ class SweepConfig:
     """What to sweep: b*n = tokens and h*d = hidden for every (n, d), plus the sliding-window
     and softcap cases of ``windows`` and ``softcaps`` and with ``varlen`` the packed and padded
     document cases at every shape, or with ``variants_everywhere`` False at the largest causal
-    one only (see ``sweep_cases``)."""
+    one only, and a decoding case of ``decode_batch`` rows for each cache length of
+    ``decode_lengths`` (see ``sweep_cases``)."""
 
     tokens: int
     hidden: int
@@ -71,25 +73,31 @@ class SweepConfig:
     softcaps: tuple[float, ...] = ()
     varlen: bool = True
     variants_everywhere: bool = True
+    decode_lengths: tuple[int, ...] = ()
+    decode_batch: int = 1
 
 
 GPU_FULL = SweepConfig(
     tokens=16384, hidden=2048, seqlens=(512, 1024, 2048, 4096, 8192, 16384), head_dims=(64, 128),
     causal=(True, False), dtypes=("bf16",), dropouts=(0.0,), modes=MODES,
     providers=PROVIDER_NAMES, warmup_ms=25, rep_ms=100,
+    decode_lengths=(1024, 2048, 4096, 8192, 16384, 32768), decode_batch=8,
 )
 # Quick: one sliding-window case (a quarter of the longest length), one softcap case (Gemma 2's
-# 50) and the packed and padded documents cases, all at the largest causal shape (n4096 d128).
+# 50) and the packed and padded documents cases, all at the largest causal shape (n4096 d128);
+# decoding over the shortest and longest caches.
 GPU_QUICK = dataclasses.replace(GPU_FULL, seqlens=(1024, 4096), causal=(True,), windows=(1024,),
-                                softcaps=(50.0,), variants_everywhere=False)
-# Interpreter-sized: b=1, h=2, d=32. bf16 is left out to keep the smoke run short (the CPU
-# tests cover it). rep_ms=0 times each row once.
+                                softcaps=(50.0,), variants_everywhere=False,
+                                decode_lengths=(1024, 32768))
+# Interpreter-sized: b=1, h=2, d=32; decoding 2 rows over caches of odd lengths, h=2 query heads
+# sharing one key/value head. bf16 is left out to keep the smoke run short (the CPU tests cover
+# it). rep_ms=0 times each row once.
 CPU_FULL = dataclasses.replace(
     GPU_FULL, tokens=64, hidden=64, seqlens=(64, 128), head_dims=(32,),
-    dtypes=("fp32", "fp16"), warmup_ms=0, rep_ms=0,
+    dtypes=("fp32", "fp16"), warmup_ms=0, rep_ms=0, decode_lengths=(130, 1000), decode_batch=2,
 )
 CPU_QUICK = dataclasses.replace(CPU_FULL, seqlens=(64,), windows=(16,), softcaps=(50.0,),
-                                variants_everywhere=False)
+                                variants_everywhere=False, decode_lengths=(130,))
 
 
 def _bool(text: str) -> bool:
@@ -118,6 +126,15 @@ def _window(text: str) -> int | None:
     return window or None
 
 
+def _length(text: str) -> int | None:
+    """A sequence or cache length n >= 1; "none" means no such case."""
+    if text.lower() == "none":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a length n >= 1 or none, got {text!r}")
+    return int(text)
+
+
 def _softcap(text: str) -> float | None:
     """A softcap c > 0; "none" means no softcap."""
     if text.lower() == "none":
@@ -143,7 +160,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="results folder (default bench/results/<time>)")
     p.add_argument("--tokens", type=int, help="b * n, tokens per case (GPU default 16384)")
     p.add_argument("--hidden", type=int, help="h * d, model width per case (GPU default 2048)")
-    p.add_argument("--seqlens", type=int, nargs="+", metavar="N", help="sequence lengths")
+    p.add_argument("--seqlens", type=_length, nargs="+", metavar="N",
+                   help="sequence lengths (none: decoding cases only)")
     p.add_argument("--head-dims", type=int, nargs="+", metavar="D", help="head dims")
     p.add_argument("--causal", type=_bool, nargs="+", metavar="{true,false}",
                    help="causal masking, full attention or both")
@@ -160,13 +178,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--varlen", type=_bool, metavar="{true,false}",
                    help="add the tokens of each causal case as documents of up to n tokens, "
                         "packed (flash_attention_varlen) and padded (default true)")
+    p.add_argument("--decode-lengths", type=_length, nargs="+", metavar="N",
+                   help="add decoding cases: 1 query per row over a KV cache of N keys, fwd "
+                        "mode only (none: no decoding; default 1024 ... 32768, CPU 130 1000)")
+    p.add_argument("--decode-batch", type=int, metavar="B",
+                   help="rows of the decoding cases (GPU default 8)")
     p.add_argument("--modes", nargs="+", choices=MODES)
     p.add_argument("--providers", nargs="+", choices=PROVIDER_NAMES, metavar="PROVIDER",
                    help=f"any of {', '.join(PROVIDER_NAMES)} (default all)")
     p.add_argument("--warmup-ms", type=float, help="do_bench warm-up budget (default 25)")
     p.add_argument("--rep-ms", type=float, help="do_bench repetition budget (default 100)")
     args = p.parse_args(argv)
-    for name in ("windows", "softcaps"):  # "none" alone: the sweep's plain cases only
+    for name in ("seqlens", "windows", "softcaps", "decode_lengths"):  # "none": no such cases
         if getattr(args, name) is not None:
             setattr(args, name, [v for v in dict.fromkeys(getattr(args, name)) if v is not None])
     return args
@@ -189,7 +212,8 @@ def config_cases(config: SweepConfig, device: torch.device) -> list[Case]:
         head_dims=config.head_dims, causals=config.causal,
         dtypes=[DTYPES[name] for name in config.dtypes], dropouts=config.dropouts,
         device=device, windows=config.windows, softcaps=config.softcaps, varlen=config.varlen,
-        variants_everywhere=config.variants_everywhere,
+        variants_everywhere=config.variants_everywhere, decode_lengths=config.decode_lengths,
+        decode_batch=config.decode_batch,
     ))
 
 
@@ -218,7 +242,8 @@ def as_records(rows: Sequence[Row]) -> list[dict[str, object]]:
 
 
 def write_results(rows: list[Row], header: list[str], plot_title: str, out: Path) -> None:
-    """results.csv, results.md, tflops.png and memory.png in ``out``."""
+    """results.csv, results.md, tflops.png and memory.png in ``out``, and for decoding
+    cases bandwidth.png."""
     out.mkdir(parents=True, exist_ok=True)
     records = as_records(rows)
     write_csv(records, out / "results.csv")
@@ -227,6 +252,8 @@ def write_results(rows: list[Row], header: list[str], plot_title: str, out: Path
     (out / "results.md").write_text("\n".join(header + notes + table) + "\n")
     plot_vs_seqlen(rows, "tflops", "TFLOP/s", plot_title, out / "tflops.png")
     plot_vs_seqlen(rows, "peak_mib", "peak memory (MiB)", plot_title, out / "memory.png")
+    if decoding := [r for r in rows if r.layout == "decode"]:
+        plot_vs_seqlen(decoding, "gb_per_s", "GB/s", plot_title, out / "bandwidth.png")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -235,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = resolve_config(args, device.type == "cuda")
     cases = config_cases(config, device)
+    if not cases:
+        raise SystemExit("No cases: --seqlens none needs --decode-lengths.")
     if device.type != "cuda" and (refusal := interpreter_refusal(cases)):
         raise SystemExit(refusal)
     if skipped := unused_windows(cases, config.windows):

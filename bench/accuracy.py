@@ -29,13 +29,15 @@ def float64_reference(
 ) -> Expected:
     """``reference.scaled_dot_product_attention(q, k, v, **options,
     compute_dtype=torch.float64)`` and its gradients for ``dout``, computed in head chunks of at
-    most CHUNK_BYTES of scores."""
+    most CHUNK_BYTES of scores (whole groups of query heads where key/value heads are shared)."""
     b, h, n, _ = q.shape
-    heads = max(1, CHUNK_BYTES // (b * n * k.shape[-2] * 8))
+    group = h // k.shape[1]
+    heads = max(1, CHUNK_BYTES // (b * n * k.shape[-2] * 8) // group) * group
     parts: list[tuple[torch.Tensor, ...]] = []
     for start in range(0, h, heads):
-        sl = slice(start, start + heads)
-        q64, k64, v64 = (t[:, sl].detach().to(torch.float64).requires_grad_() for t in (q, k, v))
+        sl, kv = slice(start, start + heads), slice(start // group, (start + heads) // group)
+        q64, k64, v64 = (t.detach().to(torch.float64).requires_grad_()
+                         for t in (q[:, sl], k[:, kv], v[:, kv]))
         out = reference.scaled_dot_product_attention(q64, k64, v64, **options,
                                                      compute_dtype=torch.float64)
         grads = torch.autograd.grad(out, (q64, k64, v64), dout[:, sl].to(torch.float64))

@@ -1,10 +1,11 @@
 """What one benchmark row measures: the attention problem (``Case``: shape, masking, window,
-softcap, dropout, packed documents), the mode, and its FLOPs."""
+softcap, dropout, packed documents, or decoding against a KV cache), the mode, and its FLOPs."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # attention work (b * h * n * n * d; b1 h2 n256 d32) finish in seconds; GPU-sized ones would
 # take hours.
 INTERPRETER_MAX_WORK = 2**22
+
+
+# Decoding cases share each key/value head among this many query heads (Llama 3: 32 / 8).
+DECODE_GROUP = 4
 
 
 def attention_work(b: int, h: int, n: int, d: int) -> int:
@@ -82,6 +87,10 @@ class Case:
     padded, one per row (b = their count, n = the longest; padding at the ends, which causal
     real queries never see, so this is plain causal attention over the padded batch). Both
     count the documents' own tokens and FLOPs only.
+
+    ``decode``: one new query per row (Lq = 1, the row's newest token) against a KV cache of
+    n keys, ``kv_heads`` key/value heads (default h) serving the h query heads; causal,
+    bottom-right aligned, so it sees all n keys. Inference: the forward only, no dropout.
     """
 
     b: int
@@ -96,6 +105,8 @@ class Case:
     softcap: float | None = None
     documents: tuple[int, ...] | None = None
     packed: bool = False
+    decode: bool = False
+    kv_heads: int | None = None
 
     def __post_init__(self) -> None:
         if self.window is not None and (not self.causal or self.window < 0):
@@ -112,18 +123,50 @@ class Case:
                                  f"{self.causal}, b={self.b}, n={self.n}")
         elif self.packed:
             raise ValueError("packed needs documents")
+        if self.decode and not (self.causal and self.dropout_p == 0 and self.window is None
+                                and self.softcap is None and self.documents is None):
+            raise ValueError("a decode case is causal with no dropout, window, softcap or "
+                             "documents")
+        if self.h % self.h_kv:
+            raise ValueError(f"kv_heads ({self.h_kv}) must divide h ({self.h})")
+
+    @property
+    def h_kv(self) -> int:
+        """The key/value heads: ``kv_heads``, or h."""
+        return self.kv_heads or self.h
+
+    def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The (b, h, Lq, d) query and (b, h_kv, n, d) key and value shapes (Lq = 1 decoding,
+        else n)."""
+        return ((self.b, self.h, 1 if self.decode else self.n, self.d),
+                (self.b, self.h_kv, self.n, self.d))
 
     @property
     def layout(self) -> str | None:
-        """``packed`` or ``padded`` for a case of documents, else None."""
+        """``packed`` or ``padded`` for a case of documents, ``decode`` for decoding, else
+        None."""
+        if self.decode:
+            return "decode"
         if self.documents is None:
             return None
         return "packed" if self.packed else "padded"
 
     @property
     def tokens(self) -> int:
-        """The tokens computed for: b * n, or the documents' own."""
+        """The tokens computed for: b * n, the documents' own, or when decoding the b new
+        ones."""
+        if self.decode:
+            return self.b
         return self.b * self.n if self.documents is None else sum(self.documents)
+
+    @property
+    def bytes_moved(self) -> int | None:
+        """When decoding, the bytes a call must move at least: the cache read once, the
+        queries read and the outputs written; else None."""
+        if not self.decode:
+            return None
+        q_shape, kv_shape = self.shapes()
+        return self.dtype.itemsize * 2 * (math.prod(q_shape) + math.prod(kv_shape))
 
     def cu_seqlens(self) -> torch.Tensor:
         """int32 (documents + 1,) cumulative document lengths on the case's device."""
@@ -135,6 +178,8 @@ class Case:
         window and softcap, and for packed documents a block-diagonal bool ``attn_mask``."""
         options: dict[str, object] = dict(causal=self.causal, window=self.window_arg,
                                           softcap=self.softcap)
+        if self.decode:  # the query is the newest key
+            options["align"] = "bottom_right"
         if self.packed:
             document = torch.repeat_interleave(
                 torch.arange(len(self.documents), device=self.device),
@@ -154,8 +199,10 @@ class Case:
 
     @property
     def work(self) -> int:
-        """b * h * n * n * d, summed over the documents when packed (see
-        ``INTERPRETER_MAX_WORK``)."""
+        """b * h * n * n * d, summed over the documents when packed, b * h * n * d when decoding
+        (see ``INTERPRETER_MAX_WORK``)."""
+        if self.decode:
+            return self.b * self.h * self.n * self.d
         if self.packed:
             return sum(attention_work(1, self.h, n, self.d) for n in self.documents)
         return attention_work(self.b, self.h, self.n, self.d)
@@ -163,7 +210,10 @@ class Case:
     def flops(self, mode: str) -> float:
         """Matmul FLOPs of ``mode``: fwd = 4*b*h*d per pair of ``flop_pairs`` (4*b*h*n*n*d
         full, half that causal, less with a window), summed over the documents (not the
-        padding) for a case of documents; see MODE_FLOP_FACTOR."""
+        padding) for a case of documents, 4*b*h*n*d when decoding (n pairs a row); see
+        MODE_FLOP_FACTOR."""
+        if self.decode:
+            return 4.0 * self.b * self.h * self.n * self.d * MODE_FLOP_FACTOR[mode]
         rows = [self.n] * self.b if self.documents is None else self.documents
         pairs = sum(flop_pairs(n, causal=self.causal, window=self.window) for n in rows)
         return 4.0 * self.h * self.d * pairs * MODE_FLOP_FACTOR[mode]
@@ -171,8 +221,12 @@ class Case:
     def label(self) -> str:
         """Short human-readable form, e.g. ``b2 h16 n8192 d128 causal bf16`` or
         ``b4 h16 n4096 d128 causal window 1024 softcap 50 bf16``, with ``dropout 0.1`` appended
-        when there is dropout; ``b1 h16 n16384 d128 causal packed 17 docs bf16`` for documents.
+        when there is dropout; ``b1 h16 n16384 d128 causal packed 17 docs bf16`` for documents;
+        ``b8 h16 kv4 n32768 d128 decode bf16`` when decoding.
         """
+        if self.decode:
+            return (f"b{self.b} h{self.h} kv{self.h_kv} n{self.n} d{self.d} decode "
+                    f"{self.dtype_name}")
         mask = "causal" if self.causal else "full"
         if self.documents is not None:
             mask += f" {self.layout} {len(self.documents)} docs"
@@ -198,6 +252,8 @@ def sweep_cases(
     softcaps: Iterable[float] = (),
     varlen: bool = False,
     variants_everywhere: bool = True,
+    decode_lengths: Iterable[int] = (),
+    decode_batch: int = 1,
 ) -> Iterator[Case]:
     """Cases with b*n = ``tokens`` and h*d = ``hidden`` (at least one batch row and head), one
     per dropout probability of ``dropouts`` for each shape.
@@ -211,6 +267,9 @@ def sweep_cases(
     ``variants_everywhere`` False they are added to one case only, which keeps a quick sweep
     quick: the causal one (if any) of the most work, then longest n, then largest d (the first
     such in the order of ``dtypes`` and ``dropouts``).
+
+    Last, for each cache length n of ``decode_lengths``, head dim and dtype, a decoding case:
+    ``decode_batch`` rows, h = hidden / d query heads sharing h / DECODE_GROUP key/value heads.
     """
     plain = [
         Case(b=max(1, tokens // n), h=max(1, hidden // d), n=n, d=d, causal=causal, dtype=dtype,
@@ -233,3 +292,8 @@ def sweep_cases(
             docs = document_lengths(case.b * case.n, case.n)
             yield dataclasses.replace(case, b=1, n=sum(docs), documents=docs, packed=True)
             yield dataclasses.replace(case, b=len(docs), n=max(docs), documents=docs)
+    for n, d, dtype in itertools.product(decode_lengths, head_dims, dtypes):
+        h = max(1, hidden // d)
+        kv_heads = math.gcd(h, max(1, h // DECODE_GROUP))  # a divisor of h
+        yield Case(b=decode_batch, h=h, n=n, d=d, causal=True, dtype=dtype, dropout_p=0.0,
+                   device=device, decode=True, kv_heads=kv_heads)

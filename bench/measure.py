@@ -20,16 +20,19 @@ class Row:
 
     ``status`` is "ok", "unavailable: <reason>", "OOM" or "error: <exception>"; the numbers are
     NaN unless it is "ok", and the errors are NaN on dropout rows (p > 0) too. Column names
-    (b, h, n, d) follow ../shared/anchors-h100.csv; ``p`` is the dropout probability, ``window``
-    and ``softcap`` the case's sliding window and softcap (None: none), ``layout`` and ``docs``
-    a case of documents' layout (packed or padded) and count. ``tokens_per_s`` counts the
-    case's tokens (a case of documents: theirs, not the padding).
+    (b, h, n, d) follow ../shared/anchors-h100.csv; ``h_kv`` counts the key/value heads, ``p``
+    is the dropout probability, ``window`` and ``softcap`` the case's sliding window and
+    softcap (None: none), ``layout`` ``packed`` or ``padded`` for a case of documents (``docs``
+    their count) or ``decode``. ``tokens_per_s`` counts the case's tokens (a case of
+    documents: theirs, not the padding; decoding: the new ones); ``gb_per_s`` the bytes a
+    decoding call must move (NaN for the other cases).
     """
 
     provider: str
     mode: str
     b: int
     h: int
+    h_kv: int
     n: int
     d: int
     causal: bool
@@ -43,6 +46,7 @@ class Row:
     ms: float = math.nan
     tflops: float = math.nan
     tokens_per_s: float = math.nan
+    gb_per_s: float = math.nan
     peak_mib: float = math.nan
     speedup_vs_eager: float = math.nan
     speedup_vs_best_other: float = math.nan
@@ -53,18 +57,20 @@ class Row:
     def for_case(cls, provider: str, mode: str, case: Case, status: str = "ok") -> Row:
         """A row for ``case`` with no measurements yet."""
         docs = None if case.documents is None else len(case.documents)
-        return cls(provider, mode, case.b, case.h, case.n, case.d, case.causal, case.dtype_name,
-                   case.dropout_p, case.window, case.softcap, case.layout, docs, status)
+        return cls(provider, mode, case.b, case.h, case.h_kv, case.n, case.d, case.causal,
+                   case.dtype_name, case.dropout_p, case.window, case.softcap, case.layout, docs,
+                   status)
 
     def problem(self) -> tuple:
         """What rows of different providers share when they solve the same problem."""
-        return (self.b, self.h, self.n, self.d, self.causal, self.window, self.softcap,
+        return (self.b, self.h, self.h_kv, self.n, self.d, self.causal, self.window, self.softcap,
                 self.layout, self.docs, self.dtype, self.p, self.mode)
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """Random (b, h, n, d) query, key, value (requiring grad) and output gradient."""
+    """Random query, key, value and output gradient of a case's shapes; the inputs require
+    grad, except when decoding (inference)."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -74,9 +80,10 @@ class Inputs:
     @classmethod
     def random(cls, case: Case) -> Inputs:
         """Fresh ``torch.randn`` tensors for ``case``."""
-        shape, like = (case.b, case.h, case.n, case.d), {"dtype": case.dtype, "device": case.device}
-        q, k, v = (torch.randn(shape, **like, requires_grad=True) for _ in range(3))
-        return cls(q, k, v, torch.randn(shape, **like))
+        (q_shape, kv_shape), like = case.shapes(), {"dtype": case.dtype, "device": case.device}
+        q, k, v = (torch.randn(shape, **like, requires_grad=not case.decode)
+                   for shape in (q_shape, kv_shape, kv_shape))
+        return cls(q, k, v, torch.randn(q_shape, **like))
 
 
 @dataclass(frozen=True)
@@ -121,8 +128,8 @@ def error_status(exc: BaseException) -> str:
 def measure(row: Row, attention: AttentionFn, case: Case, x: Inputs, expected: Expected | None,
             timing: Timing) -> Row:
     """Fill ``row`` with errors (NaN when ``expected`` is None), peak memory, median time,
-    TFLOP/s and tokens/s; an OOM or any other exception becomes the row's status instead of
-    ending the sweep."""
+    TFLOP/s, tokens/s and when decoding GB/s; an OOM or any other exception becomes the row's
+    status instead of ending the sweep."""
     try:
         row.max_err, row.rel_err = mode_errors(attention, x, expected, row.mode)
         step = mode_step(attention, x, row.mode)
@@ -132,12 +139,14 @@ def measure(row: Row, attention: AttentionFn, case: Case, x: Inputs, expected: E
                            rep_ms=timing.rep_ms, grad_to_none=grads)
         row.tflops = case.flops(row.mode) / (row.ms * 1e-3) / 1e12
         row.tokens_per_s = case.tokens / (row.ms * 1e-3)
+        if case.decode:
+            row.gb_per_s = case.bytes_moved / (row.ms * 1e-3) / 1e9
     except torch.cuda.OutOfMemoryError:
         row.status = "OOM"
     except Exception as exc:  # any provider failure is a result, not a crash
         row.status = error_status(exc)
     if row.status != "ok":
-        row.ms = row.tflops = row.tokens_per_s = row.peak_mib = math.nan
+        row.ms = row.tflops = row.tokens_per_s = row.gb_per_s = row.peak_mib = math.nan
         row.max_err = row.rel_err = math.nan
     for t in (x.q, x.k, x.v):
         t.grad = None

@@ -1,5 +1,5 @@
 """PNG plots of a sweep: one panel per (mode, head dim, masking: causal or full, sliding
-window, softcap, packed or padded documents), one line per provider."""
+window, softcap, packed or padded documents, decoding), one line per provider."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def _panel_title(panel: tuple) -> str:
     title = f"{mode}, d={d}, {'causal' if causal else 'full'}"
     title += "" if window is None else f", window {window}"
     title += "" if softcap is None else f", softcap {softcap:g}"
+    if layout == "decode":
+        return title + ", decoding (n: cache length)"
     return title + ("" if layout is None else f", {layout} documents")
 
 

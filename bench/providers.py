@@ -4,9 +4,12 @@ A provider says why it cannot run a case on this machine (``unavailable``) or bu
 attention function for it (``build``): ``attention(q, k, v) -> out`` over (b, h, n, d) tensors,
 with the case's masking, sliding window, softcap and dropout probability. A case of padded
 documents is plain causal attention for every provider; packed documents (one row) run on
-``ours`` (``flash_attention_varlen``) and ``eager`` (a block-diagonal mask) only. Whatever a
-provider needs besides the inputs (an SDPA mask, a FlexAttention block mask) is built there,
-before any timing.
+``ours`` (``flash_attention_varlen``) and ``eager`` (a block-diagonal mask) only. A decoding
+case's query is (b, h, 1, d) and its keys and values (b, h_kv, n, d), the cache: ``ours`` runs
+``flash_attention_with_kvcache``, SDPA and FlexAttention attend to every key (the newest
+token's causal row) with their grouped-query switch. Whatever a provider needs besides the
+inputs (an SDPA mask, a FlexAttention block mask, cache lengths) is built there, before any
+timing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from attention_ops import flash_attention, flash_attention_varlen, reference
+from attention_ops import (
+    flash_attention,
+    flash_attention_varlen,
+    flash_attention_with_kvcache,
+    reference,
+)
 from attention_ops.validation import fused_path_problem
 from bench.cases import Case
 
@@ -54,7 +62,8 @@ class Eager(Provider):
 
 
 class Ours(Provider):
-    """``attention_ops.flash_attention``: the fused Triton kernels."""
+    """``attention_ops.flash_attention``: the fused Triton kernels (``flash_attention_varlen``
+    for packed documents, ``flash_attention_with_kvcache`` when decoding)."""
 
     name = "ours"
 
@@ -63,6 +72,9 @@ class Ours(Provider):
         return fused_path_problem(probe, probe, probe)
 
     def build(self, case: Case) -> AttentionFn:
+        if case.decode:  # every row's cache holds n keys
+            lengths = torch.full((case.b,), case.n, dtype=torch.int32, device=case.device)
+            return lambda q, k, v: flash_attention_with_kvcache(q, k, v, lengths)
         options = dict(causal=case.causal, dropout_p=case.dropout_p, window=case.window_arg,
                        softcap=case.softcap)
         if not case.packed:
@@ -84,7 +96,8 @@ class Sdpa(Provider):
 
     SDPA has no softcap. A sliding window goes in as an explicit bool ``attn_mask`` (causal and
     window together, ``is_causal`` off), built once per case; backends that take no mask
-    (``takes_mask`` False: the flash backend) cannot run windowed cases.
+    (``takes_mask`` False: the flash backend) cannot run windowed cases. Decoding needs no mask
+    (the one query sees every key) and shares key/value heads with ``enable_gqa``.
     """
 
     # The length of the probe's small problem (see _probe).
@@ -113,29 +126,37 @@ class Sdpa(Provider):
         if case.window is not None:  # True where a query sees the key: causal and the window
             mask = reference.visibility_mask(n, n, causal=True, window=case.window_arg,
                                              device=case.device)
+        is_causal = case.causal and mask is None and not case.decode
+        enable_gqa = case.h_kv != case.h
 
         def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             # The backward runs the kernel family the forward picked; no context needed there.
             with sdpa_kernel(self.backend):
                 return F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, is_causal=case.causal and mask is None,
-                    dropout_p=case.dropout_p)
+                    q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=case.dropout_p,
+                    enable_gqa=enable_gqa)
 
         return attention
 
     def _probe(self, case: Case) -> str | None:
-        """Run a small problem of the case's dtype, head dim, masking (the window's mask too)
-        and dropout through the backend.
+        """Run a small problem of the case's dtype, head dim, masking (the window's mask too),
+        dropout and query heads per key/value head through the backend (forward and backward;
+        the forward alone when decoding).
 
         SDPA refuses unsupported inputs with "No available kernel" and explains why in
         warnings; those explanations become the reason.
         """
-        q = torch.randn(1, 1, self.PROBE_N, case.d, dtype=case.dtype, device=case.device,
-                        requires_grad=True)
+        q_length = 1 if case.decode else self.PROBE_N
+        q, k = (torch.randn(shape, dtype=case.dtype, device=case.device,
+                            requires_grad=not case.decode)
+                for shape in ((1, case.h // case.h_kv, q_length, case.d),
+                              (1, 1, self.PROBE_N, case.d)))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                self._attention(case, self.PROBE_N)(q, q, q).sum().backward()
+                out = self._attention(case, self.PROBE_N)(q, k, k)
+                if not case.decode:
+                    out.sum().backward()
             except RuntimeError as exc:
                 reasons = [str(w.message) for w in caught] or [str(exc)]
                 return "; ".join(" ".join(r.split()) for r in reasons)
@@ -167,7 +188,10 @@ def _softcap_score_mod(cap: float):
 def flex_modifiers(case: Case) -> dict[str, object]:
     """``flex_attention``'s keywords for ``case``: a ``block_mask`` for causal (with the sliding
     window: i - W <= j <= i), so FlexAttention skips the blocks it hides, and a ``score_mod``
-    for the softcap. Empty for full attention without softcap."""
+    for the softcap. Empty for full attention without softcap; when decoding (the query sees
+    every key) ``enable_gqa`` where key/value heads are shared."""
+    if case.decode:
+        return {"enable_gqa": case.h_kv != case.h}
     mods: dict[str, object] = {}
     if case.causal:
         mask_mod = (_causal_mask_mod if case.window is None
@@ -183,7 +207,7 @@ class Flex(Provider):
     """FlexAttention compiled with ``torch.compile`` (fullgraph, so it cannot fall back to
     the unfused math silently), with a block mask from ``create_block_mask`` for causal and
     the sliding window and a ``score_mod`` for the softcap (``flex_modifiers``). It has no
-    dropout."""
+    dropout. A decoding case's single query row makes it run its decoding kernel."""
 
     name = "flex"
 

@@ -15,13 +15,18 @@ from bench.providers import AttentionFn, Provider
 
 def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Sequence[str],
               timing: Timing) -> list[Row]:
-    """One row per (case, provider, mode). All providers of a case share its random inputs
-    and its float64 reference (none for a case with dropout: the providers' masks differ, so
-    their errors against it would mean nothing); a provider that cannot run, or fails to build,
-    still gets its rows, with the reason as status."""
+    """One row per (case, provider, mode), decoding cases in the fwd mode only (inference).
+    All providers of a case share its random inputs and its float64 reference (none for a case
+    with dropout: the providers' masks differ, so their errors against it would mean nothing);
+    a provider that cannot run, or fails to build, still gets its rows, with the reason as
+    status."""
     rows: list[Row] = []
-    bar = tqdm(total=len(cases) * len(providers) * len(modes), unit="row")
+    bar = tqdm(total=len(providers) * sum(len(_modes(case, modes)) for case in cases),
+               unit="row")
     for case in cases:
+        case_modes = _modes(case, modes)
+        if not case_modes:
+            continue
         x = Inputs.random(case)
         expected = (float64_reference(x.q, x.k, x.v, x.dout, **case.reference_options())
                     if case.dropout_p == 0 else None)
@@ -29,16 +34,21 @@ def run_sweep(cases: Sequence[Case], providers: Sequence[Provider], modes: Seque
             bar.set_postfix_str(f"{provider.name} {case.label()}")
             prepared = _prepare(provider, case)
             if isinstance(prepared, str):
-                rows += [Row.for_case(provider.name, m, case, prepared) for m in modes]
-                bar.update(len(modes))
+                rows += [Row.for_case(provider.name, m, case, prepared) for m in case_modes]
+                bar.update(len(case_modes))
                 continue
-            for mode in modes:
+            for mode in case_modes:
                 rows.append(measure(Row.for_case(provider.name, mode, case), prepared, case,
                                     x, expected, timing))
                 bar.update()
     bar.close()
     add_speedups(rows)
     return rows
+
+
+def _modes(case: Case, modes: Sequence[str]) -> list[str]:
+    """The ``modes`` a case runs: fwd alone when decoding (inference)."""
+    return [m for m in modes if m == "fwd" or not case.decode]
 
 
 def _prepare(provider: Provider, case: Case) -> AttentionFn | str:

@@ -1,9 +1,8 @@
 """The benchmarks run end to end at tiny size (on the CPU: the Triton interpreter), so the
 bench code cannot rot unnoticed: files written, our kernel's errors small, every provider
-listed, dropout, sliding windows, softcaps and packed documents swept, the GPT training loop
-running with every
-attention. Without CUDA the commands refuse GPU-sized runs up front, naming the flag for a
-CPU-sized one; they show progress; they spell dtypes alike."""
+listed, dropout, sliding windows, softcaps, packed documents and decoding swept, the GPT
+training loop running with every attention. Without CUDA the commands refuse GPU-sized runs
+up front, naming the flag for a CPU-sized one; they show progress; they spell dtypes alike."""
 
 import csv
 import math
@@ -46,7 +45,7 @@ def sweep(tmp_path_factory) -> tuple[Path, str]:
 
 def test_sweep_writes_csv_markdown_and_plots(sweep):
     out, _ = sweep
-    for name in ("results.csv", "results.md", "tflops.png", "memory.png"):
+    for name in ("results.csv", "results.md", "tflops.png", "memory.png", "bandwidth.png"):
         assert (out / name).stat().st_size > 0, name
 
 
@@ -126,7 +125,7 @@ def test_quick_sweep_runs_ours_and_eager_with_a_window_and_a_softcap(sweep):
 def test_quick_sweep_runs_documents_packed_and_padded_counting_their_tokens_only(sweep):
     # One causal case's 64 tokens as documents: packed in one row for ours (varlen) and
     # eager (block-diagonal mask), padded one per row for every provider.
-    rows = [r for r in read_csv(sweep[0] / "results.csv") if r["layout"]]
+    rows = [r for r in read_csv(sweep[0] / "results.csv") if r["docs"]]
     assert {r["layout"] for r in rows} == {"packed", "padded"}
     for r in rows:
         if r["provider"] in ("ours", "eager"):
@@ -149,6 +148,95 @@ def test_quick_sweep_has_one_packed_and_one_padded_case_at_its_largest_causal_sh
         assert varlen["packed"].tokens == tokens and max(varlen["padded"].documents) <= n
     assert not config_cases(resolve_config(parse_args(["--quick", "--varlen", "false"]), True),
                             torch.device("cpu"))[-1].documents
+
+
+def test_quick_sweep_decodes_one_new_token_per_row_over_a_cache(sweep):
+    # The CPU preset: 2 rows, 2 query heads sharing 1 key/value head, a cache of 130 keys
+    # (fwd only: decoding is inference).
+    rows = [r for r in read_csv(sweep[0] / "results.csv") if r["layout"] == "decode"]
+    assert {(r["provider"], r["mode"]) for r in rows} == {(p, "fwd") for p in PROVIDERS}
+    for r in rows:
+        assert (r["b"], r["h"], r["h_kv"], r["n"]) == ("2", "2", "1", "130"), r
+        if r["provider"] in ("ours", "eager"):
+            assert r["status"] == "ok" and float(r["rel_err"]) < 1e-2, r
+            seconds = float(r["ms"]) * 1e-3
+            assert float(r["tokens_per_s"]) * seconds == pytest.approx(2)  # one per row
+            # GB/s: the cache read once, the queries read and the outputs written
+            size = {"fp32": 4, "fp16": 2}[r["dtype"]]
+            moved = size * 2 * (2 * 2 * 1 * 32 + 2 * 1 * 130 * 32)
+            assert float(r["gb_per_s"]) * seconds * 1e9 == pytest.approx(moved)
+        elif not ON_CUDA:
+            assert r["status"] == "unavailable: no CUDA", r
+    assert all(math.isnan(float(r["gb_per_s"])) for r in read_csv(sweep[0] / "results.csv")
+               if r["layout"] != "decode")
+
+
+def test_decoding_cases_cover_caches_of_1k_to_32k_keys_on_a_gpu(capsys):
+    from bench.__main__ import config_cases, parse_args, resolve_config
+
+    def decoding(*args, on_cuda=True):
+        cases = config_cases(resolve_config(parse_args(list(args)), on_cuda),
+                             torch.device("cpu"))
+        return [c.label() for c in cases if c.decode]
+
+    # 8 rows; h*d = 2048 as the sweep, 4 query heads per key/value head (Llama 3's 32 / 8)
+    assert decoding() == [f"b8 h{2048 // d} kv{512 // d} n{n} d{d} decode bf16"
+                          for n in (1024, 2048, 4096, 8192, 16384, 32768) for d in (64, 128)]
+    assert decoding("--quick", "--head-dims", "128") == [
+        "b8 h16 kv4 n1024 d128 decode bf16", "b8 h16 kv4 n32768 d128 decode bf16"]
+    assert decoding("--quick", on_cuda=False) == ["b2 h2 kv1 n130 d32 decode fp32",
+                                                  "b2 h2 kv1 n130 d32 decode fp16"]
+    assert decoding("--decode-lengths", "none") == []
+    assert decoding("--decode-lengths", "4096", "--decode-batch", "1", "--head-dims", "64") == [
+        "b1 h32 kv8 n4096 d64 decode bf16"]
+    assert decoding("--seqlens", "none", "--quick", on_cuda=False) == decoding(
+        "--quick", on_cuda=False)  # the decoding cases alone
+    assert all(c.decode for c in config_cases(
+        resolve_config(parse_args(["--seqlens", "none"]), True), torch.device("cpu")))
+    with pytest.raises(SystemExit):
+        parse_args(["--decode-lengths", "0"])
+    assert "expected a length n >= 1 or none" in capsys.readouterr().err
+
+
+def test_sdpa_and_flex_decoding_compute_the_reference_attention():
+    """On the CPU: SDPA's math backend and FlexAttention's eager forward with the keywords a
+    decoding case gives them (grouped-query heads, the query seeing every key)."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attention_ops import reference
+    from bench.cases import Case
+    from bench.providers import flex_modifiers, providers_named
+
+    case = Case(b=2, h=4, n=37, d=16, causal=True, dtype=torch.float32, dropout_p=0.0,
+                device=torch.device("cpu"), decode=True, kv_heads=2)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(shape) for shape in (case.shapes()[0], *case.shapes()[1:] * 2))
+    expected = reference.scaled_dot_product_attention(q, k, v, **case.reference_options())
+    # The reference itself: the query is the newest key, so it sees every key.
+    torch.testing.assert_close(expected, reference.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)))
+    with warnings.catch_warnings():  # flex_attention warns that it is not compiled
+        warnings.simplefilter("ignore")
+        out = flex_attention(q, k, v, **flex_modifiers(case))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    (sdpa_math,) = providers_named(["sdpa-math"])
+    torch.testing.assert_close(sdpa_math.build(case)(q, k, v), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_float64_reference_chunks_whole_groups_of_query_heads(monkeypatch):
+    # Chunked over heads to bound memory, with key/value heads shared: a chunk holds whole
+    # groups, each with its own key/value head.
+    from bench import accuracy
+
+    q, dout = torch.randn(1, 8, 5, 16), torch.randn(1, 8, 5, 16)
+    k, v = torch.randn(1, 2, 7, 16), torch.randn(1, 2, 7, 16)
+    whole = accuracy.float64_reference(q, k, v, dout, causal=True)
+    monkeypatch.setattr(accuracy, "CHUNK_BYTES", 1)  # as few heads a chunk as allowed
+    chunked = accuracy.float64_reference(q, k, v, dout, causal=True)
+    for name in ("out", "dq", "dk", "dv"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), msg=name)
 
 
 def test_documents_fill_the_tokens_with_a_spread_of_lengths_and_count_their_own_flops():
