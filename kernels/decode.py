@@ -102,6 +102,9 @@ def decode_forward(
     """
     batch, n_heads_q, seqlen_q, _ = q.shape
     group_size = n_heads_q // k_cache.shape[1]
+    # The kernel reads both densely (a broadcast length or a transposed table would not be).
+    cache_seqlens = cache_seqlens.contiguous()
+    block_table = None if block_table is None else block_table.contiguous()
     layout = CacheLayout(cache_seqlens, block_table)
     if num_splits is None:
         row_tiles = triton.cdiv(group_size * seqlen_q, 64)

@@ -144,3 +144,18 @@ def test_compiles_without_graph_breaks(device):
     torch.testing.assert_close(compiled(q, k, v, cache_seqlens), decode(q, k, v, cache_seqlens),
                                rtol=0, atol=0)
     torch._dynamo.reset()
+
+
+def test_strided_lengths_and_block_tables_read_as_their_values(device):
+    """A broadcast cache_seqlens and a transposed block table mean what their values say."""
+    q, k, v, _ = cache_problem(1, torch.float32, device)
+    lengths = torch.tensor([40], dtype=torch.int32, device=device).expand(len(CACHE_SEQLENS))
+    torch.testing.assert_close(ao.flash_attention_with_kvcache(q, k, v, lengths),
+                               ao.flash_attention_with_kvcache(q, k, v, lengths.contiguous()),
+                               rtol=0, atol=0)
+    pool = torch.randn(48, HEADS_KV, 8, HEAD_DIM, device=device)
+    table = torch.randperm(48, device=device).view(12, 4).to(torch.int32).t()  # stride (1, 4)
+    torch.testing.assert_close(
+        ao.flash_attention_with_kvcache(q, pool, pool, lengths, block_table=table),
+        ao.flash_attention_with_kvcache(q, pool, pool, lengths, block_table=table.contiguous()),
+        rtol=0, atol=0)

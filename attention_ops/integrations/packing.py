@@ -15,6 +15,7 @@ import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,8 @@ import torch.nn.functional as F
 from attention_ops.sdpa import attend
 from attention_ops.validation import fused_path_problem
 from attention_ops.varlen import flash_attention_varlen
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,13 @@ def _pad_runs(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     return torch.cat([before[:1], before[1:] + after[:-1], after[-1:]])
 
 
-def _memoized_per_tensor(
-        fn: Callable[[torch.Tensor], Packing]) -> Callable[[torch.Tensor], Packing]:
+def memoized_per_tensor(fn: Callable[[torch.Tensor], T]) -> Callable[[torch.Tensor], T]:
     """``fn`` remembering its last argument: the layers of one forward pass share the same
     position ids, so only the first of them reads them on the host."""
     last: list = [None, -1, None]  # weak reference to the tensor, its version, the result
 
     @functools.wraps(fn)
-    def cached(t: torch.Tensor) -> Packing:
+    def cached(t: torch.Tensor) -> T:
         ref, version, result = last
         if ref is not None and ref() is t and version == t._version:
             return result
@@ -95,7 +97,7 @@ def _memoized_per_tensor(
     return cached
 
 
-@_memoized_per_tensor
+@memoized_per_tensor
 def packed_documents(position_ids: torch.Tensor) -> Packing:
     """The packing of rows of documents laid end to end, each numbered from its first position.
 

@@ -46,8 +46,8 @@ from transformers.utils.import_utils import is_torchdynamo_exporting, is_tracing
 
 from attention_ops.integrations.packing import (
     Packing,
-    _memoized_per_tensor,
     attend_packed,
+    memoized_per_tensor,
     packed_documents,
     padded_batch,
 )
@@ -216,7 +216,7 @@ def _causal_prefix_lengths_checker(
         window: tuple[int, int] | None) -> Callable[[torch.Tensor], torch.Tensor | None]:
     """``_causal_prefix_lengths`` for ``window``, remembering its last mask (one per window:
     a model's sliding and full layers have a mask each)."""
-    return _memoized_per_tensor(functools.partial(_causal_prefix_lengths, window=window))
+    return memoized_per_tensor(functools.partial(_causal_prefix_lengths, window=window))
 
 
 def _causal_prefix_lengths(mask: torch.Tensor, *,
