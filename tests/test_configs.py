@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from numerics import assert_matches_reference
+from numerics import assert_matches_reference, assert_within_eager_error, max_score_of
 from seeding import generator
 from triton.runtime.errors import OutOfResources
 
 import attention_ops as ao
 from attention_ops.kernels import configs, launch
+from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is not installed: run from the repository root
@@ -169,10 +170,11 @@ def test_autotuned_launch_agrees_with_the_fixed_tile():
         torch.testing.assert_close(tuned, fixed, atol=2e-2, rtol=2e-2)
 
 
-def _every_tile() -> list:
+def _every_tile(kinds: tuple[str, ...]) -> list:
     params = []
     for dtype, tables in ((torch.float16, configs.TILES), (torch.float32, configs.FP32_TILES)):
-        for kind, table in sorted(tables.items()):
+        for kind in kinds:
+            table = tables[kind]
             for head_dim in (64, 128):
                 for tile in table[head_dim]:
                     name = str(dtype).removeprefix("torch.")
@@ -181,20 +183,27 @@ def _every_tile() -> list:
     return params
 
 
-@pytest.mark.parametrize("variant", ["causal", "mask-and-dropout"])
-@pytest.mark.parametrize("kind, head_dim, tile, dtype", _every_tile())
-def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, dtype, variant,
-                                                          device, monkeypatch):
-    """Launch through the fixed-tile path with each candidate first in its table (off the GPU
-    the interpreter runs the real tile sizes): causal, so every BLOCK_M != BLOCK_N case of the
-    diagonal loops comes up, and with a bool mask and dropout, whose mask the forward and the
-    two backward kernels must regenerate alike from different tilings. Ragged length."""
+def _first_in_its_table(kind: str, head_dim: int, tile: tuple, dtype: torch.dtype, device,
+                        monkeypatch) -> None:
+    """Make ``tile`` the one fixed-tile launches of ``kind`` take (off the GPU the interpreter
+    then runs the real tile sizes)."""
     if device == "cpu":
         monkeypatch.setattr(launch, "is_interpreter", lambda: False)
     tables = configs.FP32_TILES if dtype == torch.float32 else configs.TILES
     table = dict(tables[kind])
     table[head_dim] = [tile]
     monkeypatch.setitem(tables, kind, table)
+
+
+@pytest.mark.parametrize("variant", ["causal", "mask-and-dropout"])
+@pytest.mark.parametrize("kind, head_dim, tile, dtype", _every_tile(("fwd", "dkdv", "dq")))
+def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, dtype, variant,
+                                                          device, monkeypatch):
+    """Launch through the fixed-tile path with each candidate first in its table (off the GPU
+    the interpreter runs the real tile sizes): causal, so every BLOCK_M != BLOCK_N case of the
+    diagonal loops comes up, and with a bool mask and dropout, whose mask the forward and the
+    two backward kernels must regenerate alike from different tilings. Ragged length."""
+    _first_in_its_table(kind, head_dim, tile, dtype, device, monkeypatch)
     torch.manual_seed(sum(tile))
     q, k, v = (torch.randn(1, 2, 150, head_dim, dtype=dtype) for _ in range(3))
     if variant == "causal":
@@ -208,3 +217,24 @@ def test_every_candidate_tile_computes_the_same_attention(kind, head_dim, tile, 
             lambda q, k, v: ao.flash_attention(q, k, v, attn_mask=mask, dropout_p=p,
                                                generator=generator(7)),
             q, k, v, attn_mask=mask, dropout_p=p, keep_mask=keep)
+
+
+@pytest.mark.parametrize("kind, head_dim, tile, dtype", _every_tile(("decode",)))
+def test_every_decode_tile_computes_the_same_attention(kind, head_dim, tile, dtype, device,
+                                                       monkeypatch):
+    """Decoding with each candidate tile first: 3 query rows of 4 grouped heads (12 stacked
+    rows, so a 16-row tile is ragged), ragged cache lengths, 3 splits, against the reference on
+    each row's keys."""
+    _first_in_its_table(kind, head_dim, tile, dtype, device, monkeypatch)
+    torch.manual_seed(sum(tile))
+    q = torch.randn(2, 4, 3, head_dim, dtype=dtype)
+    k, v = (torch.randn(2, 1, 150, head_dim, dtype=dtype) for _ in range(2))
+    lengths = [150, 77]
+    out = ao.flash_attention_with_kvcache(q, k, v, torch.tensor(lengths, dtype=torch.int32),
+                                          num_splits=3)
+    for b, n in enumerate(lengths):
+        rows = (q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n])
+        options = dict(causal=True, align="bottom_right")
+        assert_within_eager_error(f"out[{b}]", out[b:b + 1], reference_sdpa(*rows, **options),
+                                  reference_sdpa(*(t.double() for t in rows), **options),
+                                  max_score=max_score_of(*rows[:2], None))
