@@ -24,7 +24,13 @@ from .configs import INTERPRETER_META, head_dim_block
 from .dropout import DropoutStream, dropout_args, keep_mask, keep_mask_t
 from .launch import is_interpreter, kernel_flags, launch, needs_int64_rows, seqlen_bucket
 from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
-from .varlen import PackedSequences, packed_args, packed_tile, tuning_length
+from .varlen import (
+    PackedSequences,
+    batch_and_head,
+    packed_args,
+    packed_tile,
+    tuning_length,
+)
 
 
 @triton.jit
@@ -184,11 +190,7 @@ def _attn_bwd_dkdv_kernel(
     """
     i_n = tl.program_id(0)
     i_bhk = tl.program_id(1).to(tl.int64)
-    i_b = i_bhk // n_heads_kv
-    i_hk = i_bhk % n_heads_kv
-    if VARLEN:  # one packed row: constants free the registers the sequence's bounds take
-        i_b = 0
-        i_hk = i_bhk
+    i_b, i_hk = batch_and_head(i_bhk, n_heads_kv, VARLEN)
     rows_per_head = seqlen_q  # LSE and DELTA rows, before seqlen_q becomes a sequence's
     q_start = 0  # the sequence's first query and key token; offsets, not moved pointers,
     k_start = 0  # which would hold 64-bit registers through the loop (a spill at D=128)
@@ -356,11 +358,7 @@ def _attn_bwd_dq_kernel(
     if HAS_RIGHT and not HAS_LEFT:  # causal: the last query tiles see the most keys
         i_m = tl.num_programs(0) - 1 - i_m
     i_bh = tl.program_id(1).to(tl.int64)
-    i_b = i_bh // n_heads_q
-    i_h = i_bh % n_heads_q
-    if VARLEN:  # one packed row: constants free the registers the sequence's bounds take
-        i_b = 0
-        i_h = i_bh
+    i_b, i_h = batch_and_head(i_bh, n_heads_q, VARLEN)
     i_hk = i_h // group_size
     row0 = i_bh * seqlen_q  # LSE and DELTA rows, before seqlen_q becomes a sequence's
     rng_row0 = i_bh * rng_rows_per_head + rng_row_offset

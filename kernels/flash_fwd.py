@@ -18,7 +18,13 @@ from .configs import head_dim_block
 from .dropout import DropoutStream, dropout_args, keep_mask
 from .launch import kernel_flags, launch, needs_int64_rows, seqlen_bucket
 from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
-from .varlen import PackedSequences, packed_args, packed_tile, tuning_length
+from .varlen import (
+    PackedSequences,
+    batch_and_head,
+    packed_args,
+    packed_tile,
+    tuning_length,
+)
 
 
 @triton.jit
@@ -155,11 +161,7 @@ def _attn_fwd_kernel(
         x_first = (i_m * BLOCK_M) // group_size  # the tile's queries lie in x_first + [0, M)
         seqlen_k = tl.load(CACHE_SEQLENS + i_b)
     else:
-        i_b = i_bh // n_heads_q
-        i_h = i_bh % n_heads_q
-        if VARLEN:  # one packed row: constants free the registers the sequence's bounds take
-            i_b = 0
-            i_h = i_bh
+        i_b, i_h = batch_and_head(i_bh, n_heads_q, VARLEN)
         i_hk = i_h // group_size
         offs_m = rows
         x_first = i_m * BLOCK_M

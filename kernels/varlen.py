@@ -56,6 +56,18 @@ def packed_tile(CU_TILED, CU_OTHER, n_seqs, search_steps, pid, BLOCK: tl.constex
     return i_tile, start, length, other_start, other_length
 
 
+@triton.jit
+def batch_and_head(i_bh, n_heads, VARLEN: tl.constexpr):
+    """(batch row, head) of flattened index ``i_bh``. Packed sequences are one row: the
+    constant 0 frees the registers their bounds take (a dK/dV spill at D = 128 otherwise)."""
+    i_b = i_bh // n_heads
+    i_h = i_bh % n_heads
+    if VARLEN:  # not an early return: two returns of different types do not compile
+        i_b = 0
+        i_h = i_bh
+    return i_b, i_h
+
+
 @dataclass(frozen=True)
 class PackedSequences:
     """Host side: the cumulative lengths of N packed sequences, int32 (N + 1,) on the device.
