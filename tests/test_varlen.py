@@ -175,3 +175,10 @@ def test_packed_shapes_that_do_not_line_up_raise(shapes, message, device):
     cu = _int32([0, 6]).to(device)
     with pytest.raises(ValueError, match=message):
         ao.flash_attention_varlen(q, k, v, cu, cu)
+
+
+def test_cu_seqlens_on_another_device_raise(device):
+    q = torch.randn(6, 2, 16, device=device)
+    cu = _int32([0, 6]).to("meta")
+    with pytest.raises(ValueError, match="cu_seqlens_q is on meta"):
+        ao.flash_attention_varlen(q, q, q, cu, cu)
