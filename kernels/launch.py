@@ -65,6 +65,8 @@ def needs_int64_rows(*tensors: torch.Tensor | None) -> bool:
 # tensor dtypes, which Triton adds), so a training loop tunes once per shape family.
 AUTOTUNE_KEY = ["HEAD_DIM", "HEAD_DIM_V", "VARLEN", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP",
                 "HAS_ALIBI", "MASK_KIND", "HAS_SINKS", "HAS_DROPOUT", "seqlen_bucket"]
+# Switches only the forward kernel has (decoding from a cache): in its key too.
+FORWARD_ONLY_KEY = ["PAGED", "SPLIT_KV"]
 
 
 def tile_width(block_d: int, block_dv: int | None) -> int:
@@ -147,5 +149,6 @@ def autotuned(kernel, kind: str):
     driver."""
     unique = sorted({tile for tables in (TILES, FP32_TILES)
                      for table in tables[kind].values() for tile in table})
-    return triton.autotune(configs=[tile_config(t) for t in unique], key=AUTOTUNE_KEY,
+    key = AUTOTUNE_KEY + [name for name in FORWARD_ONLY_KEY if name in kernel.arg_names]
+    return triton.autotune(configs=[tile_config(t) for t in unique], key=key,
                            prune_configs_by={"early_config_prune": head_dim_pruner(kind)})(kernel)
