@@ -5,7 +5,6 @@ sinks), whose windows run on the kernel's own causal + window rule where no padd
 mask; and the mask function that decides where a mask is needed."""
 
 import copy
-import types
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from seeding import generator
 transformers = pytest.importorskip("transformers", reason="the integration's optional dependency")
 
 from transformers.masking_utils import (  # noqa: E402
+    and_masks,
     causal_mask_function,
     chunked_causal_mask_function,
     sdpa_mask,
@@ -228,18 +228,15 @@ def test_sliding_window_argument_means_transformers_sliding_window_mask(q_length
 
 
 def _mask_case(*, q_length=SEQLEN, kv_length=SEQLEN, q_offset=0, kv_offset=0, padding=None,
-               local_size=None, function=None, model_type="mistral",
-               allow_is_causal_skip=True):
-    """The arguments transformers' mask builders pass; the model's config has
-    sliding_window=WINDOW."""
-    config = types.SimpleNamespace(model_type=model_type, sliding_window=WINDOW)
+               local_size=None, function=None, allow_is_causal_skip=True):
+    """The arguments transformers' mask builders pass."""
     if function is None:
         function = (causal_mask_function if local_size is None
                     else sliding_window_causal_mask_function(local_size))
     return dict(batch_size=2, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                 kv_offset=kv_offset, mask_function=function, attention_mask=padding,
                 local_size=local_size, allow_is_causal_skip=allow_is_causal_skip,
-                config=config, device=torch.get_default_device())
+                device=torch.get_default_device())
 
 
 def _padding(length: int, start: int) -> torch.Tensor:
@@ -254,17 +251,23 @@ def _holed_padding() -> torch.Tensor:
     return mask
 
 
+def _kernel_rule(case: dict) -> torch.Tensor:
+    """transformers' boolean mask for the kernel's rule on the case's positions: causal,
+    within case["local_size"] keys when given, padding applied."""
+    function = (causal_mask_function if case["local_size"] is None
+                else sliding_window_causal_mask_function(case["local_size"]))
+    return sdpa_mask(**{**case, "mask_function": function, "allow_is_causal_skip": False})
+
+
 @pytest.mark.parametrize("case, handed_over", [
     (_mask_case(), "nothing"),
-    (_mask_case(local_size=WINDOW), "nothing"),
-    (_mask_case(local_size=WINDOW, model_type="gemma2"), "nothing"),
-    (_mask_case(local_size=WINDOW, model_type="gpt_oss"), "nothing"),
+    (_mask_case(local_size=WINDOW), "window"),
     # a sliding cache: 7 kept keys (positions 5..11) and 5 new queries (12..16)
     (_mask_case(q_length=5, kv_length=12, q_offset=12, kv_offset=5, local_size=WINDOW),
-     "nothing"),
+     "window"),
     # the same with padding that has left the window
     (_mask_case(q_length=5, kv_length=12, q_offset=12, kv_offset=5, local_size=WINDOW,
-                padding=_padding(17, 3)), "nothing"),
+                padding=_padding(17, 3)), "window"),
     # ... and with padding still inside it: the (2, 12) padding of the kept keys
     (_mask_case(q_length=5, kv_length=12, q_offset=12, kv_offset=5, local_size=WINDOW,
                 padding=_padding(17, 7)), "padding"),
@@ -275,27 +278,41 @@ def _holed_padding() -> torch.Tensor:
     (_mask_case(padding=_holed_padding()), "mask"),
     # a static cache's prefill: 24 queries, 32 slots, the last 8 empty
     (_mask_case(kv_length=32, padding=_padding(SEQLEN, 0)), "mask"),
-    # Qwen2-MoE, PhiMoE, ...: their attention layers never receive the window
-    (_mask_case(local_size=WINDOW, model_type="phimoe"), "mask"),
-    # Llama 4's chunks: local_size is the chunk size, not the config's window
+    # Llama 4's chunks (local_size the chunk size): their starts see no earlier key
     (_mask_case(local_size=2 * WINDOW, function=chunked_causal_mask_function(
         2 * WINDOW, torch.zeros(2, dtype=torch.long))), "mask"),
-    (_mask_case(allow_is_causal_skip=False), "mask"),  # e.g. an extra and/or mask function
-], ids=["causal", "mistral-window", "gemma2-window", "gpt-oss-window", "window-over-cache",
-        "window-over-cache-padding-evicted", "window-over-cache-padded", "decode",
-        "all-true-padding-mask", "causal-padded", "window-padded", "padding-with-a-hole",
-        "static-cache-prefill", "window-not-passed-by-model", "chunked", "skip-not-allowed"])
+    # ... also where the window would reach no further back than the first key
+    (_mask_case(q_length=6, kv_length=6, local_size=2 * WINDOW,
+                function=chunked_causal_mask_function(2 * WINDOW, torch.tensor([3, 0]))),
+     "mask"),
+    # a window other than local_size
+    (_mask_case(local_size=WINDOW, function=sliding_window_causal_mask_function(WINDOW + 1)),
+     "mask"),
+    (_mask_case(allow_is_causal_skip=False), "mask"),  # e.g. a mask to concatenate
+    (_mask_case(allow_is_causal_skip=False,
+                function=and_masks(causal_mask_function, lambda b, h, q, kv: kv != 3)), "mask"),
+], ids=["causal", "window", "window-over-cache", "window-over-cache-padding-evicted",
+        "window-over-cache-padded", "decode", "all-true-padding-mask", "causal-padded",
+        "window-padded", "padding-with-a-hole", "static-cache-prefill", "chunked",
+        "chunked-short", "another-window", "skip-not-allowed", "extra-and-mask"])
 def test_mask_function_leaves_to_the_kernel_exactly_the_masks_its_rule_reproduces(
         case, handed_over):
     # The kernel's rule (causal, the window, bottom-right) needs nothing where no padding
-    # hides keys, and only the (B, S) padding mask where each row's real tokens are one run
-    # (it then attends within them); every other pattern gets transformers' full mask.
+    # hides keys but for the window it brings, and only the (B, S) padding mask where each
+    # row's real tokens are one run (it then attends within them); every other pattern gets
+    # transformers' full mask.
     mask = ao_transformers.create_attention_mask(**case)
     if handed_over == "nothing":
         assert mask is None
-    elif handed_over == "padding":
+    elif handed_over in ("window", "padding"):
         kv = slice(case["kv_offset"], case["kv_offset"] + case["kv_length"])
-        assert torch.equal(mask, case["attention_mask"][:, kv])
+        padding = (case["attention_mask"][:, kv] if handed_over == "padding"
+                   else torch.ones(2, case["kv_length"], dtype=torch.bool))
+        assert torch.equal(mask, padding)
+        assert mask._attention_ops_rule.window == case["local_size"]
+        assert mask._attention_ops_rule.padded == (handed_over == "padding")
+        assert torch.equal(padding[:, None, None] & _kernel_rule({**case, "attention_mask": None}),
+                           _kernel_rule(case))  # what the pair stands for
     else:
         expected = sdpa_mask(**{**case, "allow_is_causal_skip": False})
         assert mask is not None and mask.dtype == torch.bool

@@ -21,7 +21,6 @@ from test_transformers_integration import (  # noqa: E402
 from transformers.masking_utils import (  # noqa: E402
     and_masks,
     causal_mask_function,
-    packed_sequence_compatibility_function,
     sdpa_mask,
     sliding_window_causal_mask_function,
 )
@@ -197,29 +196,39 @@ def test_documents_are_found_again_when_the_position_ids_change_in_place():
 
 
 def _packed(mask_function, positions):
-    documents = torch.zeros_like(positions)  # transformers' document index of each token
-    return packed_sequence_compatibility_function(mask_function, positions, documents)
+    """A mask function for rows of packed documents, as transformers composes one: the
+    function on positions within documents, and only within a document."""
+    documents = (positions == 0).cumsum(-1)
+
+    def packed(b, h, q, kv):
+        same = documents[b, q] == documents[b, kv]
+        return mask_function(b, h, positions[b, q], positions[b, kv]) & same
+    return packed
 
 
-@pytest.mark.parametrize("function, local_size, model_type, hands_over_positions", [
-    (causal_mask_function, None, "llama", True),
-    (sliding_window_causal_mask_function(WINDOW), WINDOW, "mistral", True),
-    # the model's attention layers never receive the window: they need the mask
-    (sliding_window_causal_mask_function(WINDOW), WINDOW, "phimoe", False),
+POSITIONS = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 0, 1]])
+
+
+@pytest.mark.parametrize("mask_function, local_size, hands_over_positions", [
+    (_packed(causal_mask_function, POSITIONS), None, True),
+    (_packed(sliding_window_causal_mask_function(WINDOW), POSITIONS), WINDOW, True),
+    # a window narrower than the documents
+    (_packed(sliding_window_causal_mask_function(3), POSITIONS), 3, True),
     # an extra mask function on top of the causal one
-    (and_masks(causal_mask_function, lambda b, h, q, kv: kv != 3), None, "llama", False),
-], ids=["causal", "sliding-window", "window-not-passed-by-model", "extra-and-mask"])
-def test_mask_function_hands_over_the_position_ids_of_packed_documents_under_the_kernel_rule(
-        function, local_size, model_type, hands_over_positions):
-    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4]])
-    config = transformers.PretrainedConfig()
-    config.model_type, config.sliding_window = model_type, WINDOW
-    case = dict(batch_size=1, q_length=8, kv_length=8, mask_function=_packed(function, positions),
-                local_size=local_size, allow_is_causal_skip=False, config=config)
+    (_packed(and_masks(causal_mask_function, lambda b, h, q, kv: kv != 3), POSITIONS), None,
+     False),
+    # one document per row, where transformers asks for the mask itself
+    (causal_mask_function, None, False),
+], ids=["causal", "sliding-window", "narrow-window", "extra-and-mask", "one-document"])
+def test_mask_function_hands_over_the_positions_of_packed_documents_under_the_kernel_rule(
+        mask_function, local_size, hands_over_positions):
+    case = dict(batch_size=2, q_length=8, kv_length=8, mask_function=mask_function,
+                local_size=local_size, allow_is_causal_skip=False)
     mask = ao_transformers.create_attention_mask(**case)
     if hands_over_positions:
-        assert mask is positions
-    else:  # transformers' block-diagonal (1, 1, 8, 8) mask
+        assert torch.equal(mask, POSITIONS.to(torch.int32))
+        assert mask._attention_ops_rule.window == local_size
+    else:  # transformers' (2, 1, 8, 8) mask
         assert torch.equal(mask, sdpa_mask(**case))
 
 

@@ -3,18 +3,22 @@
 Call ``register()`` once, then load or build a model with
 ``attn_implementation="attention_ops"``. Its attention layers then run ``attention_ops``'
 fused kernel: causal attention, padding and the other boolean masks transformers builds,
-Gemma 2's logit soft-capping (``softcap``), gpt-oss's attention sinks (``s_aux``) and the
-sliding windows of Mistral, Gemma 2 and gpt-oss.
+logit soft-capping (``softcap``, Gemma 2), attention sinks (``s_aux``, gpt-oss) and sliding
+windows.
 
-Sliding windows. transformers' sliding-window mask (``sliding_window_causal_mask_function``
-in ``transformers.masking_utils``) lets query position q see key positions kv with
-``q - sliding_window < kv <= q``: ``sliding_window`` keys, the query's own included. That is
-the kernel's causal rule with ``window=(sliding_window - 1, 0)``, bottom-right aligned (a
+Supported transformers: MIN_TRANSFORMERS and newer (the first with the mask functions'
+``q_length`` / ``q_offset`` arguments). The integration uses only what transformers documents:
+``AttentionInterface``, ``AttentionMaskInterface``, ``masking_utils.sdpa_mask`` and the
+arguments these call their functions with.
+
+Sliding windows. transformers' sliding-window mask lets query position q see key positions kv
+with ``q - sliding_window < kv <= q``: ``sliding_window`` keys, the query's own included. That
+is the kernel's causal rule with ``window=(sliding_window - 1, 0)``, bottom-right aligned (a
 KV cache's queries are its last keys; a sliding cache keeps ``sliding_window - 1`` of them).
-Where no padding needs a mask, ``create_attention_mask`` below returns None and
-``attention_forward`` applies that rule from the ``sliding_window`` argument the attention
-layer passes: no (L, S) mask is built and a windowed query row costs O(window); with padding,
-the same rule runs within each row's real tokens.
+The mask function (``create_attention_mask``) recognises that mask by calling the mask
+function transformers hands it, and hands over no (L, S) mask: the window travels with what it
+returns, so every model's sliding layers get it, whether or not they pass ``sliding_window``
+to the attention function, and a windowed query row costs O(window).
 
 Decoding runs ``flash_attention_with_kvcache`` (see ``attention_forward``): a few new queries
 over cached keys, in inference, with no mask (a dynamic cache: every key is valid) or a boolean
@@ -30,20 +34,23 @@ mask per row. Other masks stay boolean (B, 1, L, S) masks, which the kernel read
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import (
-    AttentionMaskInterface,
-    causal_mask_function,
-    packed_sequence_compatibility_function,
-    prepare_padding_mask,
-    sdpa_mask,
-    sliding_window_causal_mask_function,
-)
-from transformers.utils.import_utils import is_torchdynamo_exporting, is_tracing
+import torch.nn.functional as F
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.masking_utils import sdpa_mask
 
+from attention_ops.integrations.mask_functions import (
+    causal_mask,
+    document_starts,
+    follows_causal_rule_at_band_edges,
+    follows_causal_rule_within_documents,
+    positions_in_documents,
+)
 from attention_ops.integrations.packing import (
     Packing,
     attend_packed,
@@ -53,20 +60,30 @@ from attention_ops.integrations.packing import (
 )
 from attention_ops.kvcache import flash_attention_with_kvcache
 from attention_ops.sdpa import attend
-from attention_ops.validation import check_attention_inputs, check_mask, fused_path_problem
+from attention_ops.validation import (
+    check_attention_inputs,
+    check_dropout_p,
+    check_mask,
+    fused_path_problem,
+)
+
+MIN_TRANSFORMERS = (5, 4)
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """The leading numeric release of a version string: "5.24.0.dev0" -> (5, 24, 0)."""
+    return tuple(int(n) for n in re.match(r"\d+(?:\.\d+)*", text).group().split("."))
+
+
+if _release(version("transformers")) < MIN_TRANSFORMERS:
+    raise ImportError(f"attention_ops.integrations.transformers needs transformers >= "
+                      f"{'.'.join(map(str, MIN_TRANSFORMERS))}, found {version('transformers')}")
 
 NAME = "attention_ops"
 
 # Keyword arguments some models pass that this function cannot honour; silently ignoring
 # them would change the model's results.
 _UNSUPPORTED = {"position_bias": "an additive position bias"}
-
-# Model types (``config.model_type``) whose sliding-window layers pass the window to the
-# attention function as ``sliding_window`` (``config.sliding_window`` on sliding layers, None
-# on full-attention layers), so that their sliding masks can be left to the kernel. Other
-# models build sliding masks too, but some of them (PhiMoE, Qwen2-MoE, Doge, BLT) never pass
-# ``sliding_window``: their sliding layers always get the full boolean mask.
-WINDOW_FROM_ARGUMENT = frozenset({"gemma2", "gpt_oss", "mistral"})
 
 # Decoding: up to this many new queries over at least one cached key run
 # flash_attention_with_kvcache, whose tiles stack a group's query heads (each cached key is
@@ -105,8 +122,8 @@ def attention_forward(
 
     - ``cu_seq_lens_q`` and ``cu_seq_lens_k`` (with ``max_length_q`` / ``max_length_k``) in
       ``kwargs`` and no padding: the sequences of the flattened (B * L) tokens;
-    - ``attention_mask`` an integer (B, L) tensor: the position ids ``create_attention_mask``
-      hands over for rows of packed documents;
+    - ``attention_mask`` an integer (B, L) tensor: positions within documents, as
+      ``create_attention_mask`` hands them over for rows of packed documents;
     - no mask, one row, no cached keys, and ``position_ids`` in ``kwargs`` that restart: a
       document starts wherever a position is not the previous one plus 1;
     - ``attention_mask`` a bool (B, S) padding mask (from ``create_attention_mask``).
@@ -125,9 +142,11 @@ def attention_forward(
             window: nothing else is applied), a float mask added to the scores, one of the two
             (B, S) / (B, L) tensors above, or None: causal attention (with ``sliding_window``)
             for a causal layer, with the L queries the last L of the S keys (bottom-right
-            aligned, as after a KV cache), else full attention.
+            aligned, as after a KV cache), else full attention. A tensor handed over by
+            ``create_attention_mask`` brings its window, which replaces ``sliding_window``.
         scaling: multiplies the scores; default 1/sqrt(D).
-        dropout: drop probability on the attention weights (transformers passes 0.0 in eval).
+        dropout: drop probability on the attention weights, in [0, 1] (transformers passes
+            0.0 in eval).
         is_causal: overrides ``module.is_causal`` when given.
         sliding_window: W, for a causal layer: query position q sees key positions
             q - W < kv <= q (W keys, its own included), transformers' rule.
@@ -141,16 +160,23 @@ def attention_forward(
 
     Raises:
         ValueError: for a model argument this function does not implement (a position
-            bias), inputs or masks of the wrong shapes, or a ``sliding_window`` below 1.
+            bias), inputs or masks of the wrong shapes, a ``dropout`` outside [0, 1], or a
+            ``sliding_window`` below 1.
     """
     for arg, feature in _UNSUPPORTED.items():
         if kwargs.get(arg) is not None:
             raise ValueError(f'attn_implementation="{NAME}" does not support {feature} '
                              f"({arg}); use \"eager\" or \"sdpa\" for this model")
     check_attention_inputs(query, key, value)
+    dropout = check_dropout_p(dropout)
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
-    options = dict(dropout_p=float(dropout), scale=scaling, softcap=softcap, sinks=s_aux)
+    rule = getattr(attention_mask, _RULE, None)
+    if rule is not None:  # handed over by create_attention_mask: it knows the window
+        sliding_window = rule.window
+        if not rule.padded:
+            attention_mask = attention_mask if attention_mask.dtype != torch.bool else None
+    options = dict(dropout_p=dropout, scale=scaling, softcap=softcap, sinks=s_aux)
     packing = _packing(query, key, attention_mask, kwargs)
     if packing is not None:
         out = attend_packed(*(_tokens(t) for t in (query, key, value)), packing,
@@ -206,7 +232,7 @@ def _cache_seqlens(query: torch.Tensor, key: torch.Tensor, attention_mask: torch
     if attention_mask is None:
         return torch.full((batch,), kv_length, dtype=torch.int32, device=query.device)
     if (attention_mask.dtype != torch.bool or attention_mask.dim() != 4
-            or attention_mask.shape[:2] != (batch, 1) or is_tracing(attention_mask)):
+            or attention_mask.shape[:2] != (batch, 1) or _tracing()):
         return None
     return _causal_prefix_lengths_checker(window)(attention_mask)
 
@@ -268,7 +294,7 @@ def _packing(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tenso
         return packed_documents(attention_mask)
     position_ids = kwargs.get("position_ids")
     if (isinstance(position_ids, torch.Tensor) and batch == 1 and q_length == kv_length > 1
-            and position_ids.numel() == q_length and not is_tracing(position_ids)):
+            and position_ids.numel() == q_length and not _tracing()):
         packing = packed_documents(position_ids)
         if packing.cu_seqlens_q.shape[0] > 2:  # more than one document
             return packing
@@ -281,134 +307,133 @@ def create_attention_mask(
     kv_length: int,
     q_offset: int | torch.Tensor = 0,
     kv_offset: int = 0,
-    mask_function: Callable = causal_mask_function,
+    mask_function: Callable | None = None,
     attention_mask: torch.Tensor | None = None,
     local_size: int | None = None,
     allow_is_causal_skip: bool = True,
-    config: object = None,
     **kwargs: object,
 ) -> torch.Tensor | None:
     """The mask function transformers' ``AttentionMaskInterface`` calls for this attention.
 
     Where the mask transformers asks for is ``attention_forward``'s own rule (causal,
-    bottom-right aligned, with the layer's ``sliding_window``) over whole rows or parts of
-    them, it hands over only what that function needs:
+    bottom-right aligned, within a sliding window of ``local_size`` keys or none) over whole
+    rows or parts of them, it hands over only what that function needs:
 
-    - None: a causal or sliding-window causal mask (``allow_is_causal_skip``; a sliding
-      window only for the model types in ``WINDOW_FROM_ARGUMENT``), the queries being the
-      last ``q_length`` of the ``kv_length`` keys, and no padding among those keys;
-    - the bool (batch_size, kv_length) padding mask: the same with padding, the real tokens
-      of each row one run (left or right padding), found in one host read;
-    - the (batch_size, q_length) position ids: that rule applied to packed documents, as
-      ``transformers.masking_utils.packed_sequence_compatibility_function`` wraps it when the
-      position ids restart (no padding mask, no cache).
+    - None: plain causal attention, the queries the last ``q_length`` of the ``kv_length``
+      keys, no padding among them;
+    - a bool (batch_size, kv_length) padding mask: the same (or the sliding window) with each
+      row's real tokens one run (left or right padding), found in one host read; with no
+      padding but a window, all True;
+    - int32 (batch_size, q_length) positions within documents: the rule applied to packed
+      documents (no padding, no cache).
+
+    A handed-over tensor carries the window in an attribute, so the layer needs no
+    ``sliding_window`` argument. Whether ``mask_function`` is the rule is read by calling it:
+    at the band edges of every query where transformers allows skipping the mask (it then
+    holds a causal, sliding-window or chunked function), at every pair otherwise (packed
+    documents; any other function, e.g. one with an extra and/or mask, fails the check).
 
     Otherwise the boolean (batch_size, 1, q_length, kv_length) mask of
-    ``transformers.masking_utils.sdpa_mask``, built in full (also for a static cache's prefill,
-    where "sdpa" relies on top-left ``is_causal`` instead, for its decoding steps, where
-    transformers asks for the mask and ``attention_forward`` reads the filled lengths from it,
-    and while tracing, where the decision would read tensor values); for bidirectional masks
-    that function's own shortcuts apply.
+    ``transformers.masking_utils.sdpa_mask``, built in full: other patterns, a static cache
+    (its empty slots; its decoding steps read the filled lengths from the mask, see
+    ``attention_forward``), and every mask built while tracing or compiling, where the decision
+    would read tensor values. For bidirectional masks that function's own shortcuts apply.
 
     Args:
         batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask,
-        local_size, allow_is_causal_skip, config, **kwargs: as ``sdpa_mask`` takes them
-            (``config`` is the model's, ``local_size`` the sliding window or chunk size).
+        local_size, allow_is_causal_skip, **kwargs: as ``sdpa_mask`` takes them (positions
+            q_offset.. of the queries and kv_offset.. of the keys; ``attention_mask`` the 2-D
+            padding mask over key positions from 0; ``local_size`` the sliding window or
+            chunk size).
     """
-    if attention_mask is None and q_length == kv_length:
-        positions = _packed_position_ids(mask_function, local_size, config)
-        if positions is not None and not is_tracing(positions):
-            return positions
-    if allow_is_causal_skip and _kernel_rule_applies(q_length, kv_length, q_offset, kv_offset,
-                                                     local_size, config):
-        padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
-        if padding is None:
-            return None
-        if not is_tracing(padding):
-            padding = padding[:, kv_offset:kv_offset + kv_length]
-            no_padding, one_run_per_row = _padding_layout(padding)
-            if no_padding:
-                return None
-            if one_run_per_row:
-                return padding
-    return sdpa_mask(batch_size, q_length, kv_length, q_offset=q_offset, kv_offset=kv_offset,
-                     mask_function=mask_function, attention_mask=attention_mask,
-                     local_size=local_size, allow_is_causal_skip=False, config=config,
-                     **kwargs)
+    def full_mask() -> torch.Tensor | None:
+        function = {} if mask_function is None else {"mask_function": mask_function}
+        return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length,
+                         q_offset=q_offset, kv_offset=kv_offset, attention_mask=attention_mask,
+                         local_size=local_size, allow_is_causal_skip=False, **function,
+                         **kwargs)
+
+    # Deciding reads tensor values; a vmapped function is not index-based.
+    if _tracing() or kwargs.get("use_vmap"):
+        return full_mask()
+    q_offset = int(q_offset)  # a static cache's tensor offset
+    if q_offset + q_length != kv_offset + kv_length:  # not bottom-right: a static cache
+        return full_mask()
+    function = mask_function if mask_function is not None else causal_mask
+    device = kwargs.get("device", attention_mask.device if attention_mask is not None
+                        else torch.get_default_device())
+    padding = _padding(attention_mask, kv_offset, kv_length)
+    try:
+        if allow_is_causal_skip:
+            q_positions = torch.arange(q_offset, q_offset + q_length, device=device)
+            kv_positions = torch.arange(kv_offset, kv_offset + kv_length, device=device)
+            if not follows_causal_rule_at_band_edges(function, batch_size, q_positions,
+                                                     kv_positions, local_size):
+                return full_mask()
+        else:  # only packed documents reach the kernel from here
+            if padding is not None or q_offset != 0 or q_length != kv_length:
+                return full_mask()
+            starts = document_starts(function, batch_size, q_length, device)
+            if not (starts[:, 1:].any()
+                    and follows_causal_rule_within_documents(function, starts, local_size)):
+                return full_mask()
+            return _with_rule(positions_in_documents(starts), local_size, padded=False)
+    except Exception:  # a function that is not index-based: transformers' mask handles it
+        return full_mask()
+    no_padding, one_run_per_row = _padding_layout(padding)
+    if no_padding and local_size is None:
+        return None
+    if no_padding:
+        carrier = torch.ones(batch_size, kv_length, dtype=torch.bool, device=device)
+        return _with_rule(carrier, local_size, padded=False)
+    if one_run_per_row:
+        return _with_rule(padding, local_size, padded=True)
+    return full_mask()
 
 
-def _window_from_argument(local_size: int, config: object) -> bool:
-    """Whether a sliding window of ``local_size`` reaches the attention function as its
-    ``sliding_window`` argument (not a chunk size, nor a model that does not pass it)."""
-    return (getattr(config, "model_type", None) in WINDOW_FROM_ARGUMENT
-            and local_size == getattr(config, "sliding_window", None))
+@dataclass(frozen=True)
+class _Rule:
+    """What a handed-over tensor stands for: the kernel's causal rule within a sliding window
+    of ``window`` keys (None: unbounded), restricted to its padding mask where ``padded``."""
+
+    window: int | None
+    padded: bool
 
 
-def _kernel_rule_applies(q_length: int, kv_length: int, q_offset: int | torch.Tensor,
-                         kv_offset: int, local_size: int | None, config: object) -> bool:
-    """Whether a causal (``local_size`` None) or sliding-window causal mask over these
-    positions, padding aside, is ``attention_forward``'s rule for a None mask."""
-    if local_size is not None and not _window_from_argument(local_size, config):
-        return False
-    # Deciding would read tensor values: not while exporting or tracing (torch.compile).
-    if is_torchdynamo_exporting():
-        return False
-    if isinstance(q_offset, torch.Tensor):  # static caches
-        if is_tracing(q_offset):
-            return False
-        q_offset = int(q_offset)
-    # Bottom-right alignment: the last query sits at the last key's position.
-    return q_offset + q_length == kv_offset + kv_length
+_RULE = "_attention_ops_rule"  # the attribute that carries a _Rule
 
 
-def _padding_layout(padding: torch.Tensor) -> tuple[bool, bool]:
+def _with_rule(t: torch.Tensor, window: int | None, *, padded: bool) -> torch.Tensor:
+    setattr(t, _RULE, _Rule(window, padded))
+    return t
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _padding(attention_mask: torch.Tensor | None, kv_offset: int,
+             kv_length: int) -> torch.Tensor | None:
+    """The bool (B, kv_length) padding of the keys at positions kv_offset.., from a 2-D mask
+    over positions 0.. (positions past its end are padding, as transformers pads it); a new
+    view, never the caller's tensor."""
+    if attention_mask is None:
+        return None
+    padding = attention_mask.bool()
+    missing = kv_offset + kv_length - padding.shape[-1]
+    if missing > 0:
+        padding = F.pad(padding, (0, missing), value=False)
+    return padding[:, kv_offset:kv_offset + kv_length]
+
+
+def _padding_layout(padding: torch.Tensor | None) -> tuple[bool, bool]:
     """(no padding at all, the real tokens of every row one run) for a bool (B, S) padding
-    mask, in one host read."""
+    mask or None, in one host read."""
+    if padding is None:
+        return True, True
     runs = padding[:, 0].int() + (padding[:, 1:] & ~padding[:, :-1]).sum(-1)
     no_padding, one_run = torch.stack([padding.all(), (runs <= 1).all()]).tolist()
     return no_padding, one_run
-
-
-def _packed_position_ids(mask_function: Callable, local_size: int | None,
-                         config: object) -> torch.Tensor | None:
-    """The position ids of packed documents when ``mask_function`` is transformers' packed
-    sequence wrapper around ``attention_forward``'s rule (causal, or the model's sliding
-    window), else None.
-
-    The wrapper is recognised by its structure: built by the same factories as a template
-    made with ``packed_sequence_compatibility_function`` (the same code objects, equal closure
-    values), whose tensors stand for the wrapper's. Any other function, e.g. one with an extra
-    and/or mask, or a transformers version that builds it differently, does not match and
-    gets its boolean mask.
-    """
-    if local_size is None:
-        rule = causal_mask_function
-    elif _window_from_argument(local_size, config):
-        rule = sliding_window_causal_mask_function(local_size)
-    else:
-        return None
-    positions, documents = torch.empty(0, device="meta"), torch.empty(0, device="meta")
-    found: dict[int, object] = {}
-    template = packed_sequence_compatibility_function(rule, positions, documents)
-    return found[id(positions)] if _built_like(mask_function, template, found) else None
-
-
-def _built_like(value: object, template: object, found: dict[int, object]) -> bool:
-    """Whether ``value`` matches ``template``: closures with the same code and matching cell
-    contents, tuples item by item, a tensor for each tensor (recorded in ``found`` under the
-    template tensor's id), other values equal or identical."""
-    if isinstance(template, torch.Tensor):
-        found[id(template)] = value
-        return isinstance(value, torch.Tensor)
-    if isinstance(template, tuple):
-        return (isinstance(value, tuple) and len(value) == len(template)
-                and all(_built_like(v, t, found) for v, t in zip(value, template, strict=True)))
-    if getattr(template, "__closure__", None):
-        return (getattr(value, "__code__", None) is template.__code__
-                and all(_built_like(v.cell_contents, t.cell_contents, found)
-                        for v, t in zip(value.__closure__, template.__closure__, strict=True)))
-    return value is template or (type(value) is type(template) and not callable(template)
-                                 and value == template)
 
 
 def register() -> None:
