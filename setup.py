@@ -2,6 +2,10 @@
 
 from setuptools import find_packages, setup
 
+# The lowest transformers the integration supports and CI tests (.ci/run reads this line);
+# the newest release is tested too, so there is no upper bound.
+TRANSFORMERS_LOWEST = "5.4.0"
+
 setup(
     name="attention-ops",
     version="0.1.0",
@@ -16,12 +20,13 @@ setup(
     package_dir={"attention_ops.kernels": "kernels"},
     install_requires=["torch>=2.5", "triton>=3.2"],
     extras_require={
+        "transformers": [f"transformers>={TRANSFORMERS_LOWEST}"],
         # numpy: the Triton interpreter (TRITON_INTERPRET=1) runs kernels on it.
         # kernels: Hugging Face's distribution of that import name, installed beside ours
         # to test that both import. pytest-xdist: bench/gpu_session.sh runs the suite on
         # eight workers (`pytest -n 8`).
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "numpy", "transformers",
-                 "kernels"],
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "numpy",
+                 f"transformers>={TRANSFORMERS_LOWEST}", "kernels"],
         "bench": ["matplotlib", "tqdm", "pytest-benchmark"],
     },
 )
