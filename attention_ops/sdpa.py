@@ -1,10 +1,10 @@
 """``scaled_dot_product_attention``: a drop-in for PyTorch's, on the fused kernel when it can.
 
-Calls the fused kernel covers (no mask or a bool one; supported device, dtype and head dim)
-run ``flash_attention``; every other valid call runs the eager math in ``attention_ops.reference``
-with the same semantics as ``torch.nn.functional.scaled_dot_product_attention``. Leaving the
-fused kernel warns once per reason (outside torch.compile), or raises under ``strict()`` /
-``set_strict(True)``.
+Calls the fused kernel covers (no mask, a bool one, or a float one that does not require grad;
+supported device, dtype and head dim; a finite positive scale) run ``flash_attention``; every
+other valid call runs the eager math in ``attention_ops.reference`` with the same semantics as
+``torch.nn.functional.scaled_dot_product_attention``. Leaving the fused kernel warns once per
+reason (outside torch.compile), or raises under ``strict()`` / ``set_strict(True)``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from attention_ops.validation import (
     check_align,
     check_dropout_p,
     check_mask,
+    check_scale,
     check_sdpa_inputs,
     check_sinks,
     check_softcap,
@@ -170,8 +171,10 @@ def scaled_dot_product_attention(
         query: (..., Hq, L, E) queries; leading dims broadcast against key's and value's.
         key: (..., Hkv, S, E) keys.
         value: (..., Hkv, S, Ev) values.
-        attn_mask: broadcastable to (..., Hq, L, S); bool means "True takes part" (fused),
-            a float mask (float32 or the query dtype) is added to the scores (eager path).
+        attn_mask: broadcastable to (..., Hq, L, S); bool means "True takes part", a float
+            mask (float32 or the query dtype) is added to the scores. Both run fused, but a
+            float mask that requires grad runs the eager path (the kernels compute no mask
+            gradient).
         dropout_p: drop probability on the attention weights, survivors scaled by 1/(1-p).
             Dropout acts whenever p > 0 (pass 0.0 in eval). The fused path drops with
             probability p rounded to a multiple of 2**-16 (its random numbers have 16 bits)
@@ -179,7 +182,10 @@ def scaled_dot_product_attention(
         is_causal: query i attends to keys j <= i, top-left aligned when L != S. With
             ``attn_mask`` both apply, as torch 2.13 computes it (its documentation calls the
             pair an error, its implementation accepts it).
-        scale: multiplies the scores; default 1/sqrt(E).
+        scale: multiplies the scores; default 1/sqrt(E), the float64 ``1.0 / math.sqrt(E)``
+            torch computes. A NaN or infinite scale gives what torch's math backend gives:
+            NaN throughout (for E, S > 0), but where an infinite scale meets a score whose
+            products q_e * k_e all share one sign.
         enable_gqa: Hkv may divide Hq (grouped-query attention); otherwise heads broadcast.
 
     Returns:
@@ -205,9 +211,44 @@ def scaled_dot_product_attention(
             attn_mask = attn_mask.float()
         attn_mask = attn_mask.expand(*lead, q.shape[2], k.shape[2]).reshape(
             q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    out = attend(q, k, v, attn_mask=attn_mask, causal=is_causal, dropout_p=dropout_p,
-                 scale=scale)
+    if scale is not None and not math.isfinite(scale):
+        out = _attend_with_non_finite_scale(q, k, v, attn_mask, is_causal, dropout_p, scale)
+    else:
+        out = attend(q, k, v, attn_mask=attn_mask, causal=is_causal, dropout_p=dropout_p,
+                     scale=scale)
     return out.reshape(*lead, q.shape[2], v.shape[3])
+
+
+def _attend_with_non_finite_scale(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+    causal: bool, dropout_p: float, scale: float,
+) -> torch.Tensor:
+    """Torch's math backend for a NaN or infinite scale, on the eager path.
+
+    torch multiplies q and k by sqrt(|scale|) each (negating q for a negative scale) and adds
+    the masks as -inf, so a NaN or inf score stays NaN under a masked key; the eager path's
+    ``scale * (q @ k^T)`` and its masking by replacement would give zeros or finite rows there.
+    """
+    _leave_fused_path(fused_path_problem(q, k, v, attn_mask, scale))
+    root = math.sqrt(abs(scale))
+    visible = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device)
+    if causal:
+        visible = visible.tril()
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        visible = visible & attn_mask
+    bias = torch.zeros(visible.shape, device=q.device).masked_fill(~visible, float("-inf"))
+    if attn_mask is not None and attn_mask.is_floating_point():
+        bias = bias + attn_mask
+    return _eager(q * math.copysign(root, scale), k * root, v, attn_mask=bias, scale=1.0,
+                  dropout_p=dropout_p)
+
+
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The eager math in the input dtype, computed in float32 for half inputs as torch's math
+    backend does."""
+    return reference.scaled_dot_product_attention(
+        q, k, v, compute_dtype=torch.float32 if q.dtype in HALF_DTYPES else None, **kwargs,
+    ).to(q.dtype)
 
 
 def attend(
@@ -247,10 +288,8 @@ def attend(
                      sinks=sinks)
     if problem is None:
         return fused_attention(q, k, v, causal=causal, dropout_p=dropout_p,
-                               scale=q.shape[-1] ** -0.5 if scale is None else scale,
+                               scale=check_scale(scale, q.shape[-1]),  # torch's 1/sqrt(D)
                                attn_mask=attn_mask, **modifiers)
     _leave_fused_path(problem)
-    return reference.scaled_dot_product_attention(
-        q, k, v, causal=causal, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p,
-        compute_dtype=torch.float32 if q.dtype in HALF_DTYPES else None, **modifiers,
-    ).to(q.dtype)
+    return _eager(q, k, v, causal=causal, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p,
+                  **modifiers)

@@ -1,5 +1,6 @@
 """``python -m bench``: sweep attention providers over shapes and modes, write CSV, markdown
-and plots. Without CUDA it runs a small correctness-only sweep on the Triton interpreter.
+and plots. Without CUDA it runs a small correctness-only sweep of the providers a CPU runs
+(eager, sdpa-math, ours on the Triton interpreter) and names the others once.
 
     python -m bench                      # full sweep (GPU), or the CPU smoke sweep
     python -m bench --quick              # a few shapes
@@ -271,15 +272,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
               f"from causal rows of n > W + 1 (lengths here: "
               f"{', '.join(str(n) for n in config.seqlens)}).")
     out = args.out or RESULTS_DIR / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    providers = providers_named(list(config.providers))
     header = environment_header(device, "attention-ops benchmark")
     plot_title = device_name(device)
     if device.type != "cuda":
         plot_title += f"\n{CPU_SMOKE_LABEL}"
         print(f"No CUDA device. {CPU_SMOKE_LABEL}.")
+        if cuda_only := [p.name for p in providers if p.needs_cuda]:
+            providers = [p for p in providers if not p.needs_cuda]
+            print(f"Left out, as they need CUDA: {', '.join(cuda_only)}.")
+    if not providers:
+        raise SystemExit("No provider left to run: pass --providers that run on a CPU.")
 
     torch.manual_seed(0)
-    rows = run_sweep(cases, providers_named(list(config.providers)), config.modes,
-                     Timing(config.warmup_ms, config.rep_ms))
+    rows = run_sweep(cases, providers, config.modes, Timing(config.warmup_ms, config.rep_ms))
     rows.sort(key=lambda r: (MODES.index(r.mode), r.d, not r.causal, r.window is not None,
                              r.window or 0, r.softcap is not None, r.softcap or 0,
                              r.layout or "", r.dtype, r.p, r.n))

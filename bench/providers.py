@@ -41,6 +41,8 @@ class Provider:
     """Base class: a named attention implementation, available everywhere by default."""
 
     name: str
+    # Runs on CUDA tensors only: a sweep without CUDA leaves it out (and says so once).
+    needs_cuda = False
 
     def unavailable(self, case: Case) -> str | None:
         """Why this provider cannot run ``case`` on this machine, or None when it can."""
@@ -97,14 +99,17 @@ class Sdpa(Provider):
     SDPA has no softcap. A sliding window goes in as an explicit bool ``attn_mask`` (causal and
     window together, ``is_causal`` off), built once per case; backends that take no mask
     (``takes_mask`` False: the flash backend) cannot run windowed cases. Decoding needs no mask
-    (the one query sees every key) and shares key/value heads with ``enable_gqa``.
+    (the one query sees every key) and shares key/value heads with ``enable_gqa``. The math
+    backend runs on any device, the others on CUDA only (``needs_cuda``).
     """
 
     # The length of the probe's small problem (see _probe).
     PROBE_N = 128
 
-    def __init__(self, name: str, backend: SDPBackend, *, takes_mask: bool = True):
+    def __init__(self, name: str, backend: SDPBackend, *, takes_mask: bool = True,
+                 needs_cuda: bool = True):
         self.name, self.backend, self.takes_mask = name, backend, takes_mask
+        self.needs_cuda = needs_cuda
 
     def unavailable(self, case: Case) -> str | None:
         if case.packed:
@@ -113,7 +118,7 @@ class Sdpa(Provider):
             return "no softcap in F.scaled_dot_product_attention"
         if case.window is not None and not self.takes_mask:
             return f"{self.name} takes no attn_mask, which a sliding window needs"
-        if case.device.type != "cuda":
+        if self.needs_cuda and case.device.type != "cuda":
             return "no CUDA"
         return self._probe(case)
 
@@ -210,6 +215,7 @@ class Flex(Provider):
     dropout. A decoding case's single query row makes it run its decoding kernel."""
 
     name = "flex"
+    needs_cuda = True
 
     def unavailable(self, case: Case) -> str | None:
         if case.packed:
@@ -228,7 +234,7 @@ class Flex(Provider):
 
 PROVIDERS: tuple[Provider, ...] = (
     Eager(),
-    Sdpa("sdpa-math", SDPBackend.MATH),
+    Sdpa("sdpa-math", SDPBackend.MATH, needs_cuda=False),
     Sdpa("sdpa-flash", SDPBackend.FLASH_ATTENTION, takes_mask=False),
     Sdpa("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
     Sdpa("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),

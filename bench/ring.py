@@ -30,6 +30,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tqdm import tqdm
 
 from attention_ops import draw_dropout_seed, dropout_keep_mask, flash_attention
 from attention_ops.distributed import LAYOUTS, ring_attention, shard_sequence, unshard_sequence
@@ -241,7 +242,12 @@ def measure_case(case: RingCase, rank: int, world: int, device: torch.device,
 
 def _bench_process(rank: int, world: int, device: torch.device, cases: Sequence[RingCase],
                    reps: int) -> None:
-    rows = [measure_case(case, rank, world, device, reps) for case in cases]
+    bar = tqdm(cases, unit="case", disable=rank != 0)  # every rank runs each case together
+    rows = []
+    for case in bar:
+        bar.set_postfix_str(f"{case.layout} {'causal' if case.causal else 'full'} "
+                            f"p={case.dropout_p}")
+        rows.append(measure_case(case, rank, world, device, reps))
     if rank != 0:
         return
     title = f"Ring attention over {world} processes ({dist.get_backend()})"

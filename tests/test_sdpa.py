@@ -311,6 +311,59 @@ def test_edge_values_give_what_torch_gives(make_args, kwargs):
     torch.testing.assert_close(out, expected, equal_nan=True)
 
 
+def torch_default_scale(head_dim: int) -> float:
+    """The scale torch's SDPA uses for scale=None, read back from torch: with one key and
+    q = k = e_0 in float64, its CPU flash kernel's log-sum-exp is the score, scale * 1."""
+    e_0 = torch.zeros(1, 1, 1, head_dim, dtype=torch.float64, device="cpu")
+    e_0[..., 0] = 1.0
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(e_0, e_0, e_0)
+    return lse.item()
+
+
+@pytest.mark.parametrize("head_dim", [8, 24, 32, 128])  # D ** -0.5 is off by one bit here
+def test_default_scale_is_torchs_to_the_last_bit(head_dim, monkeypatch):
+    scales = []
+
+    def recording_fused_attention(*args, scale, **kwargs):
+        scales.append(scale)
+        return fused_attention(*args, scale=scale, **kwargs)
+
+    fused_attention = sdpa_module.fused_attention
+    monkeypatch.setattr(sdpa_module, "fused_attention", recording_fused_attention)
+    with ao.strict():
+        ao.scaled_dot_product_attention(*q_kv((1, 1, 3, head_dim), (1, 1, 4, head_dim)))
+    assert scales == [torch_default_scale(head_dim)]
+
+
+def positive(*shape):
+    return torch.rand(shape) + 0.1
+
+
+# torch scales q and k by sqrt(scale) each: with NaN every score is NaN (masked ones too);
+# with inf a score is NaN where its products differ in sign, else +-inf.
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("make_args, kwargs", [
+    (lambda: q_kv(), {}),
+    (lambda: q_kv(), {"is_causal": True}),
+    (lambda: q_kv((1, 2, 4, 8), (1, 2, 5, 8)), {"attn_mask": KEEP}),  # fully masked rows
+    (lambda: q_kv(), {"attn_mask": torch.randn(5, 6)}),
+    (lambda: q_kv(), {"dropout_p": 0.5}),
+    (lambda: q_kv((1, 2, 5, 1), (1, 2, 7, 1)), {}),  # one product per score: +-inf, no NaN
+    (lambda: (positive(1, 2, 3, 4), -positive(1, 2, 5, 4), torch.randn(1, 2, 5, 4)), {}),
+    (lambda: (*q_kv((1, 2, 3, 4), (1, 2, 5, 4))[:2], torch.randn(1, 2, 5, 6)), {}),  # Ev != E
+    (lambda: tuple(t.bfloat16() for t in q_kv()), {"is_causal": True}),
+    (lambda: q_kv((1, 2, 3, 8), (1, 2, 0, 8)), {}),  # no keys: zeros
+    (lambda: q_kv((1, 2, 3, 0), (1, 2, 4, 0)), {}),  # no dims: every score is 0
+], ids=["plain", "causal", "bool-mask", "float-mask", "dropout", "head-dim-1", "same-signs",
+        "value-dim", "bfloat16", "no-keys", "head-dim-0"])
+def test_non_finite_scale_gives_what_torch_gives(make_args, kwargs, scale):
+    args = make_args()
+    expected = torch_sdpa(*args, scale=scale, **kwargs)
+    with pytest.warns(UserWarning, match="eager path"):
+        out = ao.scaled_dot_product_attention(*args, scale=scale, **kwargs)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
 def test_causal_rule_and_mask_apply_together_as_in_torch(mask_dtype):
     query, key, value = q_kv((2, 4, 6, 8), (2, 4, 6, 8))
@@ -320,15 +373,15 @@ def test_causal_rule_and_mask_apply_together_as_in_torch(mask_dtype):
         mask = torch.zeros(6, 6).masked_fill(~mask, float("-inf"))
     # torch's default dispatch accepts the pair (its math backend alone rejects it)
     expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the float mask runs the eager path
+    with ao.strict():  # a float mask runs fused too
         out = ao.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=True)
     torch.testing.assert_close(out, expected)
     assert torch.equal(out[:, :, 0], torch.zeros_like(out[:, :, 0]))
 
 
 def test_eager_fallback_is_as_accurate_as_torch_in_bfloat16():
-    """A float mask runs the eager math; its softmax runs in float32, as torch's does."""
+    """A float mask that requires grad runs the eager math; its softmax runs in float32, as
+    torch's does."""
     query, key, value = (t.bfloat16() for t in q_kv((2, 4, 64, 32), (2, 4, 64, 32)))
     mask = torch.randn(64, 64, generator=generator(4)).bfloat16()
     dout = torch.randn(2, 4, 64, 32, generator=generator(5))
