@@ -343,3 +343,31 @@ def test_arguments_it_cannot_honour_raise(argument, value):
     q = torch.randn(1, 2, 3, 16)
     with pytest.raises(ValueError, match=argument):
         ao_transformers.attention_forward(torch.nn.Module(), q, q, q, None, **{argument: value})
+
+
+@pytest.mark.parametrize("dropout", [1.5, -0.1, float("nan")])
+def test_a_dropout_outside_0_1_raises(dropout):
+    q = torch.randn(1, 2, 3, 16)
+    with pytest.raises(ValueError, match="dropout_p"):
+        ao_transformers.attention_forward(torch.nn.Module(), q, q, q, None, dropout=dropout)
+
+
+def test_a_padding_mask_for_other_keys_than_the_layers_runs_eager_with_a_warning():
+    # A model whose cache reports another layer's sizes asks for a mask over 1 key while the
+    # layer attends to 13 (MiniMax's left-padded decoding): "sdpa" and "eager" broadcast
+    # transformers' (B, 1, 1, 1) mask over the 13 keys, and so does the eager path here.
+    padding = torch.ones(2, 13, dtype=torch.bool)
+    padding[1, :4] = False
+    case = dict(batch_size=2, q_length=1, kv_length=1, q_offset=0, kv_offset=0,
+                mask_function=causal_mask_function, attention_mask=padding)
+    mask = ao_transformers.create_attention_mask(**case)
+    q = torch.randn(2, 4, 1, 16, generator=generator(3))
+    k, v = (torch.randn(2, 2, 13, 16, generator=generator(s)) for s in (4, 5))
+    transformers_mask = sdpa_mask(**{**case, "allow_is_causal_skip": False})
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=transformers_mask, enable_gqa=True).transpose(1, 2)
+    with pytest.warns(UserWarning, match="covers 1 keys"):
+        ours, _ = ao_transformers.attention_forward(torch.nn.Module(), q, k, v, mask)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    with ao.strict(), pytest.raises(ao.FusedPathUnavailableError, match="covers 1 keys"):
+        ao_transformers.attention_forward(torch.nn.Module(), q, k, v, mask)

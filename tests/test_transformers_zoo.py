@@ -131,3 +131,25 @@ def test_sliding_window_families_build_no_mask_without_padding(family, monkeypat
     assert built == []
     assert_matches_eager("logits", ours, eager)
     assert (wider - eager).abs().max() > 100 * FP32_REL * eager.abs().max()
+
+
+def test_a_mask_the_integration_cannot_read_takes_the_eager_path_outside_strict_mode():
+    # MiniMax's cache reports its linear-attention layer's sizes, so left-padded decoding asks
+    # for a padding mask over 1 key where the full-attention layer has them all.
+    if getattr(transformers, "MiniMaxConfig", None) is None:
+        pytest.skip(f"transformers {transformers.__version__} has no MiniMaxConfig")
+    torch.manual_seed(0)
+    config = transformers.MiniMaxConfig(**{
+        **TINY, "head_dim": 16, "num_local_experts": 2, "num_experts_per_tok": 1,
+        "layer_types": ["linear_attention", "full_attention"]})
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    prompt, mask = left_padded_batch()
+    sequences = {}
+    for implementation in ("eager", "attention_ops"):
+        sequences[implementation] = with_attention(model.eval(), implementation,
+                                                   torch.float32).generate(
+            prompt, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(sequences["attention_ops"], sequences["eager"])
+    with ao.strict(), pytest.raises(ao.FusedPathUnavailableError, match="keys"):
+        with_attention(model, "attention_ops", torch.float32).generate(
+            prompt, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
+from attention_ops import reference
 from attention_ops.integrations.mask_functions import (
     causal_mask,
     document_starts,
@@ -59,7 +60,7 @@ from attention_ops.integrations.packing import (
     padded_batch,
 )
 from attention_ops.kvcache import flash_attention_with_kvcache
-from attention_ops.sdpa import attend
+from attention_ops.sdpa import _leave_fused_path, attend
 from attention_ops.validation import (
     check_attention_inputs,
     check_dropout_p,
@@ -174,6 +175,9 @@ def attention_forward(
     rule = getattr(attention_mask, _RULE, None)
     if rule is not None:  # handed over by create_attention_mask: it knows the window
         sliding_window = rule.window
+        if rule.padded and attention_mask.shape[-1] != key.shape[2]:
+            return _attend_with_mismatched_padding(query, key, value, attention_mask, rule,
+                                                   is_causal, dropout, scaling, softcap, s_aux)
         if not rule.padded:
             attention_mask = attention_mask if attention_mask.dtype != torch.bool else None
     options = dict(dropout_p=dropout, scale=scaling, softcap=softcap, sinks=s_aux)
@@ -199,6 +203,36 @@ def attention_forward(
     out = attend(query, key, value, attn_mask=attention_mask, causal=causal,
                  window=_window(causal, sliding_window), align="bottom_right", **options)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _attend_with_mismatched_padding(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: torch.Tensor,
+    rule: _Rule, is_causal: bool, dropout: float, scaling: float | None,
+    softcap: float | None, sinks: torch.Tensor | None,
+) -> tuple[torch.Tensor, None]:
+    """A padding mask handed over for a different number of keys than the layer has (a model
+    whose cache reports another layer's sizes): the eager path with the boolean mask
+    transformers would have built from it, broadcast as "sdpa" and "eager" broadcast it;
+    ``FusedPathUnavailableError`` in strict mode."""
+    _leave_fused_path(f"the attention mask covers {padding.shape[-1]} keys, the layer "
+                      f"{key.shape[2]}; it is read as transformers' (B, 1, L, "
+                      f"{padding.shape[-1]}) mask")
+    q_length, kv_length = query.shape[2], padding.shape[-1]
+    diagonal = torch.arange(q_length, device=query.device)[:, None] + kv_length - q_length
+    keys = torch.arange(kv_length, device=query.device)
+    visible = padding[:, None, None, :].expand(-1, 1, q_length, -1)
+    if is_causal:
+        visible = visible & (keys <= diagonal)
+        if rule.window is not None:
+            visible = visible & (keys > diagonal - rule.window)
+    group = query.shape[1] // key.shape[1]
+    key, value = (t.repeat_interleave(group, dim=1) for t in (key, value))
+    half = query.dtype in (torch.float16, torch.bfloat16)
+    out = reference.scaled_dot_product_attention(
+        query, key, value, attn_mask=visible.expand(-1, -1, -1, key.shape[2]), scale=scaling,
+        dropout_p=dropout, softcap=softcap, sinks=sinks,
+        compute_dtype=torch.float32 if half else None)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 def _window(causal: bool, sliding_window: int | None) -> tuple[int, int] | None:
