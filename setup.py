@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 # The lowest transformers the integration supports and CI tests (.ci/run reads this line);
 # the newest release is tested too, so there is no upper bound.
-TRANSFORMERS_LOWEST = "5.4.0"
+TRANSFORMERS_LOWEST = "5.5.0"
 
 setup(
     name="attention-ops",

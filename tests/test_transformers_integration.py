@@ -371,3 +371,14 @@ def test_a_padding_mask_for_other_keys_than_the_layers_runs_eager_with_a_warning
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
     with ao.strict(), pytest.raises(ao.FusedPathUnavailableError, match="covers 1 keys"):
         ao_transformers.attention_forward(torch.nn.Module(), q, k, v, mask)
+
+
+def test_the_supported_range_is_the_one_the_distribution_declares():
+    # setup.py's transformers extra (the lowest version CI tests) and the import-time check
+    # name the same lowest release.
+    from importlib.metadata import requires
+    declared = [r for r in requires("attention-ops") if r.startswith("transformers>=")]
+    lowest = ".".join(map(str, ao_transformers.MIN_TRANSFORMERS))
+    assert declared and all(r.split(";")[0].strip() in (f"transformers>={lowest}",
+                                                          f"transformers>={lowest}.0")
+                            for r in declared)

@@ -6,8 +6,8 @@ fused kernel: causal attention, padding and the other boolean masks transformers
 logit soft-capping (``softcap``, Gemma 2), attention sinks (``s_aux``, gpt-oss) and sliding
 windows.
 
-Supported transformers: MIN_TRANSFORMERS and newer (the first with the mask functions'
-``q_length`` / ``q_offset`` arguments). The integration uses only what transformers documents:
+Supported transformers: MIN_TRANSFORMERS and newer (setup.py's ``transformers`` extra; CI tests
+the lowest and the newest release). The integration uses only what transformers documents:
 ``AttentionInterface``, ``AttentionMaskInterface``, ``masking_utils.sdpa_mask`` and the
 arguments these call their functions with.
 
@@ -68,7 +68,7 @@ from attention_ops.validation import (
     fused_path_problem,
 )
 
-MIN_TRANSFORMERS = (5, 4)
+MIN_TRANSFORMERS = (5, 5)
 
 
 def _release(text: str) -> tuple[int, ...]:
