@@ -153,3 +153,22 @@ def test_a_mask_the_integration_cannot_read_takes_the_eager_path_outside_strict_
     with ao.strict(), pytest.raises(ao.FusedPathUnavailableError, match="keys"):
         with_attention(model, "attention_ops", torch.float32).generate(
             prompt, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+
+
+def test_a_compiled_causal_model_builds_no_mask(monkeypatch):
+    # While tracing, the mask function reads no tensor values: plain causal attention without
+    # padding still hands over nothing, and the fused ops trace with fullgraph=True.
+    built = []
+    real_sdpa_mask = ao_transformers.sdpa_mask
+    monkeypatch.setattr(ao_transformers, "sdpa_mask",
+                        lambda **kw: built.append(kw) or real_sdpa_mask(**kw))
+    model = build("llama")
+    ids = left_padded_batch()[0]
+    with torch.no_grad():
+        eager = with_attention(model, "eager", torch.float32)(input_ids=ids).logits
+        compiled = torch.compile(with_attention(model, "attention_ops", torch.float32),
+                                 fullgraph=True, backend="aot_eager")
+        with ao.strict():
+            ours = compiled(input_ids=ids).logits
+    assert built == []
+    assert_matches_eager("logits", ours, eager)

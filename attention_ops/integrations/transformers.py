@@ -371,7 +371,8 @@ def create_attention_mask(
     ``transformers.masking_utils.sdpa_mask``, built in full: other patterns, a static cache
     (its empty slots; its decoding steps read the filled lengths from the mask, see
     ``attention_forward``), and every mask built while tracing or compiling, where the decision
-    would read tensor values. For bidirectional masks that function's own shortcuts apply.
+    would read tensor values (but for plain causal attention with no padding: None). For
+    bidirectional masks that function's own shortcuts apply.
 
     Args:
         batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask,
@@ -387,8 +388,14 @@ def create_attention_mask(
                          local_size=local_size, allow_is_causal_skip=False, **function,
                          **kwargs)
 
-    # Deciding reads tensor values; a vmapped function is not index-based.
-    if _tracing() or kwargs.get("use_vmap"):
+    if _tracing():
+        # Deciding would read tensor values. A plain causal mask with no padding needs none
+        # (transformers' own skip trusts ``allow_is_causal_skip`` there too).
+        plain_causal = (allow_is_causal_skip and local_size is None and attention_mask is None
+                        and isinstance(q_offset, int)
+                        and q_offset + q_length == kv_offset + kv_length)
+        return None if plain_causal else full_mask()
+    if kwargs.get("use_vmap"):  # a vmapped function is not index-based
         return full_mask()
     q_offset = int(q_offset)  # a static cache's tensor offset
     if q_offset + q_length != kv_offset + kv_length:  # not bottom-right: a static cache
