@@ -352,7 +352,8 @@ def test_a_dropout_outside_0_1_raises(dropout):
         ao_transformers.attention_forward(torch.nn.Module(), q, q, q, None, dropout=dropout)
 
 
-def test_a_padding_mask_for_other_keys_than_the_layers_runs_eager_with_a_warning():
+def test_a_padding_mask_for_other_keys_than_the_layers_runs_eager_with_a_warning(monkeypatch):
+    monkeypatch.setattr("attention_ops.sdpa._warned_reasons", set())  # warn-once starts fresh
     # A model whose cache reports another layer's sizes asks for a mask over 1 key while the
     # layer attends to 13 (MiniMax's left-padded decoding): "sdpa" and "eager" broadcast
     # transformers' (B, 1, 1, 1) mask over the 13 keys, and so does the eager path here.
