@@ -123,7 +123,8 @@ def flash_attention(
             None (unbounded); a windowed row costs O(left + right), not O(Lk).
         align: "top_left" or "bottom_right", where the diagonal sits when Lq != Lk.
         softcap: c > 0, Gemma 2's logit soft-capping.
-        alibi_slopes: float32 (Hq,) or (B, Hq) ALiBi slopes.
+        alibi_slopes: float32 (Hq,) or (B, Hq) ALiBi slopes, any strides; no gradient flows
+            to them, so they must not require grad (while grad mode is on).
         sinks: (Hq,) float32 or input-dtype logits, one per query head (gpt-oss); they get
             their gradient.
 
@@ -139,8 +140,8 @@ def flash_attention(
             finite and positive, an ``attn_mask`` that does not broadcast or is a float mask
             requiring grad, a negative window side, an unknown ``align``, a ``softcap`` that
             is not finite and positive, sinks or slopes of the wrong shape, dtype or device,
-            or tensors the kernel cannot run on (CPU tensors without ``TRITON_INTERPRET=1``,
-            set before the import).
+            slopes requiring grad, or tensors the kernel cannot run on (CPU tensors without
+            ``TRITON_INTERPRET=1``, set before the import).
 
     Example:
         >>> q, k, v = (torch.randn(2, 8, 1024, 64, device="cuda", dtype=torch.bfloat16)

@@ -51,7 +51,9 @@ def flash_attention_with_kvcache(
             Hkv dividing Hq; the dtype of q.
         v_cache: (B, Hkv, Lmax, Dv), or (num_blocks, Hkv, block_size, Dv).
         cache_seqlens: (B,) int32, the valid keys of each row (at most the cache's capacity:
-            Lmax, or max_blocks * block_size).
+            Lmax, or max_blocks * block_size). Checked where reading them costs no
+            synchronisation (CPU tensors outside torch.compile); elsewhere (CUDA) the kernel
+            clamps each to [0, capacity], so a row never reads outside its own cache or blocks.
         block_table: (B, max_blocks) int32: key t of row b lives in block
             block_table[b, t // block_size] at row t % block_size.
         causal: query i sees keys up to its own position (the default: the cache holds the

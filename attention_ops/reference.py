@@ -64,7 +64,9 @@ def visibility_mask(seqlen_q: int, seqlen_k: int, *, causal: bool = False,
     if causal:
         visible &= j <= d
     if window is not None:
-        left, right = window
+        # |j - d_i| < Lq + Lk: a longer side changes nothing, and d_i + side must fit int64
+        left, right = (None if side is None else min(side, seqlen_q + seqlen_k)
+                       for side in window)
         if left is not None:
             visible &= j >= d - left
         if right is not None:
@@ -152,7 +154,7 @@ def scaled_dot_product_attention(
     align = check_align(align)
     softcap = check_softcap(softcap)
     wide = (compute_dtype or q.dtype) == torch.float64
-    check_alibi_slopes(alibi_slopes, q, any_float_dtype=wide)
+    check_alibi_slopes(alibi_slopes, q, any_float_dtype=wide, allow_grad=True)
     check_sinks(sinks, q, any_float_dtype=wide)
     if compute_dtype is not None:
         q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)

@@ -73,11 +73,12 @@ def check_packed_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> No
 
 
 def check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q: torch.Tensor, k: torch.Tensor, *,
-                     check_values: bool) -> None:
+                     check_values: bool | None) -> None:
     """Cumulative sequence lengths for packed q (Tq, ...) and k (Tk, ...): int32 (N + 1,)
     tensors on the queries' device, N >= 1 the same for both. With ``check_values`` also what
     needs their values (read on the host, a synchronisation on a GPU): each starts at 0, never
-    decreases and ends at its token count.
+    decreases and ends at its token count. None checks the values where reading them costs no
+    synchronisation (CPU tensors outside torch.compile).
 
     Raises:
         ValueError: naming the argument.
@@ -95,6 +96,8 @@ def check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q: torch.Tensor, k: torch.Tenso
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k count different sequences: "
                          f"{cu_seqlens_q.shape[0] - 1} and {cu_seqlens_k.shape[0] - 1}")
+    if check_values is None:
+        check_values = cu_seqlens_q.device.type == "cpu" and not torch.compiler.is_compiling()
     if not check_values:
         return
     for name, cu, tokens in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]),
@@ -249,11 +252,13 @@ def check_softcap(softcap) -> float | None:
 
 
 def _check_per_head_tensor(name: str, t, q: torch.Tensor, shapes: list[tuple[int, ...]],
-                           dtypes: tuple[torch.dtype, ...] | None) -> None:
+                           dtypes: tuple[torch.dtype, ...] | None, layout: str = "") -> None:
+    """``layout`` names the shapes' dims for the error message, e.g. "(Hq,) or (B, Hq)"."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
     if tuple(t.shape) not in shapes:
-        raise ValueError(f"{name} must have shape {' or '.join(map(str, shapes))}, "
+        named = f" {layout}" if layout else ""
+        raise ValueError(f"{name} must have shape {' or '.join(map(str, shapes))}{named}, "
                          f"got {tuple(t.shape)}")
     if not t.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
@@ -265,21 +270,36 @@ def _check_per_head_tensor(name: str, t, q: torch.Tensor, shapes: list[tuple[int
 
 
 def check_alibi_slopes(slopes: torch.Tensor | None, q: torch.Tensor, *,
-                       any_float_dtype: bool = False) -> None:
+                       any_float_dtype: bool = False, allow_grad: bool = False,
+                       sequences: int | None = None) -> None:
     """ALiBi slopes for queries ``q`` (B, Hq, Lq, D): float32, shape (Hq,) or (B, Hq), on
     the queries' device. Score (i, j) of head h gains ``-slope[b, h] * |j - d_i|``.
 
     None passes. ``any_float_dtype`` accepts any floating dtype instead of float32 only (for
     float64 computations, which compare against float64 copies of the slopes).
+    ``allow_grad``: the caller differentiates through the slopes (the eager reference); the
+    fused kernels do not, so by default slopes that require grad are refused while grad mode
+    is on, rather than left without their gradient. ``sequences``: q (1, Hq, T, D) packs that
+    many sequences, and the slopes are (Hq,) or (sequences, Hq), a row per sequence ((1, Hq),
+    shared by all, passes too).
 
     Raises:
-        ValueError: naming ``alibi_slopes`` on a wrong shape, dtype or device.
+        ValueError: naming ``alibi_slopes`` on a wrong shape, dtype or device, or slopes that
+            require grad.
     """
     if slopes is None:
         return
-    batch, heads = q.shape[0], q.shape[1]
-    _check_per_head_tensor("alibi_slopes", slopes, q, [(heads,), (batch, heads)],
-                           None if any_float_dtype else (torch.float32,))
+    heads = q.shape[1]
+    if sequences is None:
+        shapes, layout = [(heads,), (q.shape[0], heads)], "(Hq,) or (B, Hq)"
+    else:
+        shapes = list(dict.fromkeys([(heads,), (sequences, heads), (1, heads)]))
+        layout = "(Hq,) or (num_seqs, Hq)"
+    _check_per_head_tensor("alibi_slopes", slopes, q, shapes,
+                           None if any_float_dtype else (torch.float32,), layout)
+    if slopes.requires_grad and torch.is_grad_enabled() and not allow_grad:
+        raise ValueError("alibi_slopes requires grad, but the fused kernels compute no slope "
+                         "gradient: pass alibi_slopes.detach() (or run under torch.no_grad())")
 
 
 def check_sinks(sinks: torch.Tensor | None, q: torch.Tensor, *,

@@ -91,7 +91,8 @@ def flash_attention_varlen(
         max_seqlen_q, max_seqlen_k: optional hints (ints), the longest sequence; they only
             pick the autotuning bucket.
         causal, align, window, softcap, alibi_slopes, sinks, dropout_p, scale, generator: as in
-            ``flash_attention``; alibi_slopes (Hq,) or (1, Hq). Dropout's stream is keyed by
+            ``flash_attention``; alibi_slopes float32 (Hq,), (N, Hq) with row n for sequence n
+            (FlashAttention's (batch, heads)), or (1, Hq). Dropout's stream is keyed by
             (head, global query token, key index within its sequence), so a result is
             reproducible from the seed, and a single sequence draws what ``flash_attention``
             draws on it.
@@ -108,9 +109,7 @@ def flash_attention_varlen(
             shapes that do not line up, and every argument error ``flash_attention`` names.
     """
     check_packed_inputs(q, k, v)
-    read_values = check_seqlens or (cu_seqlens_q.device.type == "cpu"
-                                    and not torch.compiler.is_compiling())
-    check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q, k, check_values=read_values)
+    check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, q, k, check_values=True if check_seqlens else None)
     hints = [hint for hint in (check_max_seqlen("max_seqlen_q", max_seqlen_q),
                                check_max_seqlen("max_seqlen_k", max_seqlen_k))
              if hint is not None]
@@ -119,13 +118,14 @@ def flash_attention_varlen(
     scale = check_scale(scale, q.shape[-1])
     window, align, softcap = check_window(window), check_align(align), check_softcap(softcap)
     heads_first_q = q.permute(1, 0, 2).unsqueeze(0)  # (1, Hq, Tq, D): B = 1 for the checks
-    check_alibi_slopes(alibi_slopes, heads_first_q)
+    n_seqs = cu_seqlens_q.shape[0] - 1
+    check_alibi_slopes(alibi_slopes, heads_first_q, sequences=n_seqs)
     check_sinks(sinks, heads_first_q)
     problem = fused_path_problem(q, k, v)
     if problem is not None:
         raise ValueError(f"flash_attention_varlen cannot run on these inputs: {problem}")
-    if alibi_slopes is not None:
-        alibi_slopes = alibi_slopes.reshape(-1)
+    if alibi_slopes is not None:  # the kernels read row n for sequence n
+        alibi_slopes = alibi_slopes.expand(n_seqs, -1)
     window_left, window_right = window if window is not None else (None, None)
     options = ScoreOptions(scale, bool(causal), dropout_p, window_left, window_right,
                            align == "bottom_right", softcap)

@@ -35,7 +35,7 @@ from .varlen import (
 
 @triton.jit
 def _bwd_delta_kernel(
-    O, DO, DELTA, LSE, SINKS, DSINK_ROWS,
+    O, DO, DELTA, LSE, SINKS, DSINK_ROWS, stride_sink,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     n_heads_q, seqlen_q,
@@ -61,7 +61,7 @@ def _bwd_delta_kernel(
     b_delta = tl.sum(b_o.to(tl.float32) * b_do.to(tl.float32), 1)
     tl.store(DELTA + i_bh * seqlen_q + offs_m, b_delta, mask=m_rows)
     if HAS_SINKS:
-        sink_base2 = tl.load(SINKS + i_h).to(tl.float32) * 1.4426950408889634
+        sink_base2 = tl.load(SINKS + i_h * stride_sink).to(tl.float32) * 1.4426950408889634
         b_lse = tl.load(LSE + i_bh * seqlen_q + offs_m, mask=m_rows, other=0.0)
         # a row with no key and a sink of -inf holds no sink weight
         b_dsink = tl.where(b_lse == float("-inf"), 0.0, -tl.exp2(sink_base2 - b_lse) * b_delta)
@@ -71,8 +71,10 @@ def _bwd_delta_kernel(
 @triton.jit
 def row_lse(p_lse, m_rows):
     """The forward's base-2 LSE of these rows, with a row that saw no key (-inf) turned into
-    +inf so its recomputed weights exp2(s - lse) are 0. Rows outside m_rows load 0."""
-    b_lse = tl.load(p_lse, mask=m_rows, other=0.0)
+    +inf so its recomputed weights exp2(s - lse) are 0. Rows outside m_rows (padding past Lq)
+    load +inf too: an lse of 0 would let a positive score (a negative ALiBi slope) overflow
+    exp2, and inf times their zero dO is NaN."""
+    b_lse = tl.load(p_lse, mask=m_rows, other=float("inf"))
     return tl.where(b_lse == float("-inf"), float("inf"), b_lse)
 
 
@@ -117,7 +119,8 @@ def _dkdv_q_loop(
 ):
     """Accumulate dK, dV of the key tile at start_n over the query tiles of [start, end) then
     [start2, end2), in transposed form ([BLOCK_N, BLOCK_M] tiles) so no tile needs a transpose
-    before its dot. Rows past Lq load dO = 0 and delta = 0 and so add nothing."""
+    before its dot. Rows past Lq load dO = 0, delta = 0 and lse = +inf (weights 0) and so add
+    nothing."""
     m_d = offs_d < HEAD_DIM
     m_dv = offs_dv < HEAD_DIM_V
     i_k = offs_n[:, None]
@@ -168,7 +171,7 @@ def _dkdv_q_loop(
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA, SEED, MASK, SLOPES, SINKS,
     stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n, stride_slope_b, stride_slope_h,
-    qk_scale, softcap_scale, softcap_base2, bottom_right, window_left, window_right,
+    stride_sink, qk_scale, softcap_scale, softcap_base2, bottom_right, window_left, window_right,
     sm_scale, drop_below, dropout_scale, rng_rows_per_head, rng_row_offset, rng_cols,
     rng_col_offset, CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -194,8 +197,9 @@ def _attn_bwd_dkdv_kernel(
     rows_per_head = seqlen_q  # LSE and DELTA rows, before seqlen_q becomes a sequence's
     q_start = 0  # the sequence's first query and key token; offsets, not moved pointers,
     k_start = 0  # which would hold 64-bit registers through the loop (a spill at D=128)
+    slope_row = i_b  # ALiBi's row: the batch row, or the packed sequence
     if VARLEN:
-        i_n, k_start, seqlen_k, q_start, seqlen_q = packed_tile(
+        slope_row, i_n, k_start, seqlen_k, q_start, seqlen_q = packed_tile(
             CU_SEQLENS_K, CU_SEQLENS_Q, n_seqs, search_steps, i_n, BLOCK_N, INT64_ROWS)
         if i_n * BLOCK_N >= seqlen_k:  # a gap program
             return
@@ -242,7 +246,7 @@ def _attn_bwd_dkdv_kernel(
         p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
         slope_base2 = 0.0
         if HAS_ALIBI:
-            slope = tl.load(SLOPES + i_b * stride_slope_b + i_h * stride_slope_h)
+            slope = tl.load(SLOPES + slope_row * stride_slope_b + i_h * stride_slope_h)
             slope_base2 = slope * 1.4426950408889634
         b_dk, b_dv = _dkdv_q_loop(
             b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
@@ -336,7 +340,7 @@ def _dq_kv_loop(
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, DQ, LSE, DELTA, SEED, MASK, SLOPES, SINKS,
     stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n, stride_slope_b, stride_slope_h,
-    qk_scale, softcap_scale, softcap_base2, bottom_right, window_left, window_right,
+    stride_sink, qk_scale, softcap_scale, softcap_base2, bottom_right, window_left, window_right,
     sm_scale, drop_below, dropout_scale, rng_rows_per_head, rng_row_offset, rng_cols,
     rng_col_offset, CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -362,8 +366,9 @@ def _attn_bwd_dq_kernel(
     i_hk = i_h // group_size
     row0 = i_bh * seqlen_q  # LSE and DELTA rows, before seqlen_q becomes a sequence's
     rng_row0 = i_bh * rng_rows_per_head + rng_row_offset
+    slope_row = i_b  # ALiBi's row: the batch row, or the packed sequence
     if VARLEN:
-        i_m, q_start, seqlen_q, k_start, seqlen_k = packed_tile(
+        slope_row, i_m, q_start, seqlen_q, k_start, seqlen_k = packed_tile(
             CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps, i_m, BLOCK_M, INT64_ROWS)
         if i_m * BLOCK_M >= seqlen_q:  # a gap program
             return
@@ -399,7 +404,7 @@ def _attn_bwd_dq_kernel(
     p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
     slope_base2 = 0.0
     if HAS_ALIBI:
-        slope = tl.load(SLOPES + i_b * stride_slope_b + i_h * stride_slope_h)
+        slope = tl.load(SLOPES + slope_row * stride_slope_b + i_h * stride_slope_h)
         slope_base2 = slope * 1.4426950408889634
 
     seed = 0
@@ -482,7 +487,7 @@ def attention_backward(
     block_m = 64 if not is_interpreter() else INTERPRETER_META["BLOCK_M"]
     _bwd_delta_kernel[(triton.cdiv(seqlen_q, block_m), batch * n_heads_q)](
         out, do, delta, lse, lse if mods.sinks is None else mods.sinks, dsink_rows,
-        *out.stride(), *do.stride(), n_heads_q, seqlen_q,
+        mods.sink_stride(), *out.stride(), *do.stride(), n_heads_q, seqlen_q,
         HEAD_DIM_V=head_dim_v, BLOCK_DV=block_dv, BLOCK_M=block_m,
         HAS_SINKS=mods.sinks is not None, INT64_ROWS=int64_rows,
     )

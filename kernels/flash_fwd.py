@@ -108,7 +108,7 @@ def _fwd_kv_loop(
 def _attn_fwd_kernel(
     Q, K, V, O, LSE, SEED, MASK, SLOPES, SINKS,
     stride_mask_b, stride_mask_h, stride_mask_m, stride_mask_n, stride_slope_b, stride_slope_h,
-    qk_scale, softcap_scale, softcap_base2, bottom_right, window_left, window_right,
+    stride_sink, qk_scale, softcap_scale, softcap_base2, bottom_right, window_left, window_right,
     drop_below, dropout_scale, rng_rows_per_head, rng_row_offset, rng_cols, rng_col_offset,
     CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps,
     CACHE_SEQLENS, BLOCK_TABLE, stride_table_b, page_size, n_splits, stride_o_split,
@@ -132,8 +132,10 @@ def _attn_fwd_kernel(
     slopes [B, Hq] (zero batch stride for [Hq]), SINKS: [Hq]. Grid: (cdiv(Lq, BLOCK_M), B * Hq).
 
     VARLEN: B = 1 and Lq, Lk are the packed token counts; CU_SEQLENS_Q/K [n_seqs + 1] cut them
-    into sequences, each attended on its own. Grid: (Lq // BLOCK_M + n_seqs, Hq).
-    DECODE (a KV cache): batch row b holds CACHE_SEQLENS[b] keys, and a program serves one
+    into sequences, each attended on its own; SLOPES is [n_seqs, Hq], a row per sequence.
+    Grid: (Lq // BLOCK_M + n_seqs, Hq).
+    DECODE (a KV cache): batch row b holds CACHE_SEQLENS[b] keys (clamped to [0, seqlen_k],
+    the capacity, so a row never reads another's cache or blocks), and a program serves one
     key/value head: its rows stack the group's query heads, row r being query r // G of head
     (r % G) of the group, so each key tile is read once per group. Grid: (cdiv(G * Lq,
     BLOCK_M) * n_splits, B * Hkv). PAGED: K, V are [num_pages, Hkv, page_size, D] and key t of
@@ -159,7 +161,9 @@ def _attn_fwd_kernel(
         offs_m = rows // group_size  # each row's query position
         m_rows = rows < group_size * seqlen_q
         x_first = (i_m * BLOCK_M) // group_size  # the tile's queries lie in x_first + [0, M)
-        seqlen_k = tl.load(CACHE_SEQLENS + i_b)
+        # Clamped to [0, capacity] (seqlen_k's value here): on CUDA the host leaves the lengths
+        # unchecked (that would synchronise), and a longer one would read the next row's keys.
+        seqlen_k = tl.minimum(tl.maximum(tl.load(CACHE_SEQLENS + i_b), 0), seqlen_k)
     else:
         i_b, i_h = batch_and_head(i_bh, n_heads_q, VARLEN)
         i_hk = i_h // group_size
@@ -167,8 +171,9 @@ def _attn_fwd_kernel(
         x_first = i_m * BLOCK_M
     p_lse = LSE + i_split * stride_lse_split + (i_b * n_heads_q + i_h) * rows_per_head
     rng_row0 = i_bh * rng_rows_per_head + rng_row_offset
+    slope_row = i_b  # ALiBi's row: the batch row, or the packed sequence
     if VARLEN:
-        i_m, q_start, seqlen_q, k_start, seqlen_k = packed_tile(
+        slope_row, i_m, q_start, seqlen_q, k_start, seqlen_k = packed_tile(
             CU_SEQLENS_Q, CU_SEQLENS_K, n_seqs, search_steps, i_m, BLOCK_M, INT64_ROWS)
         if i_m * BLOCK_M >= seqlen_q:  # a gap program
             return
@@ -204,7 +209,7 @@ def _attn_fwd_kernel(
     p_mask = MASK + i_b * stride_mask_b + i_h * stride_mask_h
     slope_base2 = 0.0
     if HAS_ALIBI:
-        slope = tl.load(SLOPES + i_b * stride_slope_b + i_h * stride_slope_h)
+        slope = tl.load(SLOPES + slope_row * stride_slope_b + i_h * stride_slope_h)
         slope_base2 = slope * 1.4426950408889634
         if DECODE:
             slope_base2 = slope_base2[:, None]
@@ -217,7 +222,7 @@ def _attn_fwd_kernel(
     b_acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     if HAS_SINKS:  # the sink starts the running softmax: max = sink, sum = exp2(0)
-        sink_base2 = tl.load(SINKS + i_h).to(tl.float32) * 1.4426950408889634
+        sink_base2 = tl.load(SINKS + i_h * stride_sink).to(tl.float32) * 1.4426950408889634
         b_sink = tl.zeros([BLOCK_M], dtype=tl.float32) + sink_base2
         if SPLIT_KV:  # split 0 alone counts the sink
             b_sink = tl.where(i_split == 0, b_sink, float("-inf"))

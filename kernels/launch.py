@@ -1,6 +1,7 @@
 """Launch policy shared by the forward and backward kernels: interpreter or GPU, fixed tile
-or autotuned, the constexpr flags derived from the inputs, 64-bit row offsets, and the mask's
-pointer arguments.
+or autotuned, the constexpr flags derived from the inputs and 64-bit row offsets. The mask,
+ALiBi slopes and sinks pointer arguments and the score pipeline's scalars come from
+``score.ScoreMods.kernel_args``.
 
 Nothing here touches CUDA at import time; autotuning picks among the candidates of
 ``configs`` on first use per (head dim, constexpr switches, dtype, sequence-length bucket) and

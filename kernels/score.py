@@ -33,11 +33,26 @@ MASK_BOOL: tl.constexpr = tl.constexpr(1)
 MASK_FLOAT: tl.constexpr = tl.constexpr(2)
 
 
+# Host clamps, past which nothing float32 scores can show changes. A window side past every
+# key (of sequences shorter than 2**29) keeps the band arithmetic, row + diagonal offset + side,
+# in int32; a cap in [2**-64, 2**64] keeps scale / c and c * log2(e) finite in float32 (where
+# 0 * inf would be NaN).
+MAX_WINDOW_SIDE = 2**30
+MAX_SOFTCAP = 2.0**64  # c * tanh(s / c) rounds to s for |s| < c * 2**-12
+MIN_SOFTCAP = 2.0**-64  # every score lies within 2c of every other: uniform weights
+
+
 @triton.jit
 def _tanh(x):
-    """tanh through exp2 (the interpreter has no libdevice): 1 - 2 / (e^(2x) + 1), exact at
-    both saturated ends."""
-    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)
+    """tanh to a few float32 ulps without libdevice (the interpreter has none). For |x| < 0.55
+    an odd polynomial (fitted to the relative error), since 1 - 2 / (e^(2x) + 1) cancels near 0
+    and a softcap c multiplies that error by c; past it that form, exact at both saturated
+    ends, where its result is at least 0.5 in size."""
+    x2 = x * x
+    p = ((((-0.006287284315342345 * x2 + 0.02108177062815852) * x2 - 0.05385504243685679) * x2
+          + 0.13332616023739036) * x2 - 0.33333318621949876)
+    exp_form = 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)
+    return tl.where(tl.abs(x) < 0.55, x + x * (x2 * p), exp_form)
 
 
 @triton.jit
@@ -124,7 +139,8 @@ class ScoreMods:
     ``window`` is (left, right) with None for an unbounded side; ``causal`` bounds the right
     side at the diagonal; ``bottom_right`` puts query i's diagonal at key i + Lk - Lq.
     ``attn_mask`` is bool or float, expanded to (B, Hq, Lq, Lk) (zero strides broadcast);
-    ``alibi_slopes`` float32 (Hq,) or (B, Hq); ``sinks`` (Hq,).
+    ``alibi_slopes`` float32 (Hq,) or (B, Hq) (packed sequences: (N, Hq), a row per
+    sequence); ``sinks`` (Hq,). Slopes and sinks may have any strides.
     """
 
     causal: bool = False
@@ -151,21 +167,27 @@ class ScoreMods:
         """The runtime arguments every attention kernel takes after its tensors, in order:
         mask, slopes, sinks pointers and strides, then the scalars of the pipeline (the
         alignment as 0/1: kernels place the diagonal from each sequence's own lengths)."""
-        left, right = self.bounds()
+        left, right = (0 if side is None else min(side, MAX_WINDOW_SIDE)
+                       for side in self.bounds())
         mask = placeholder if self.attn_mask is None else (
             self.attn_mask.view(torch.uint8) if self.attn_mask.dtype == torch.bool
             else self.attn_mask)
         mask_strides = (0, 0, 0, 0) if self.attn_mask is None else self.attn_mask.stride()
         slopes = placeholder if self.alibi_slopes is None else self.alibi_slopes
         slope_strides = (0, 0) if self.alibi_slopes is None else (
-            (0, 1) if self.alibi_slopes.dim() == 1 else self.alibi_slopes.stride())
+            (0, *self.alibi_slopes.stride()) if self.alibi_slopes.dim() == 1
+            else self.alibi_slopes.stride())
         sinks = placeholder if self.sinks is None else self.sinks
-        softcap = self.softcap or 1.0
+        softcap = min(max(self.softcap or 1.0, MIN_SOFTCAP), MAX_SOFTCAP)
         return (
-            mask, slopes, sinks, *mask_strides, *slope_strides,
+            mask, slopes, sinks, *mask_strides, *slope_strides, self.sink_stride(),
             scale * LOG2E, scale / softcap, softcap * LOG2E,
-            int(self.bottom_right), left or 0, right or 0,
+            int(self.bottom_right), left, right,
         )
+
+    def sink_stride(self) -> int:
+        """The sinks' element stride (0 without sinks)."""
+        return 0 if self.sinks is None else self.sinks.stride(0)
 
     def kernel_flags(self) -> dict:
         left, right = self.bounds()

@@ -45,15 +45,16 @@ def sequence_span(CU_SEQLENS, n):
 def packed_tile(CU_TILED, CU_OTHER, n_seqs, search_steps, pid, BLOCK: tl.constexpr,
                 INT64_ROWS: tl.constexpr):
     """Program ``pid``'s place when it tiles the sequences of CU_TILED (queries or keys):
-    (tile index, first token and length of its sequence, first token and length of the same
-    sequence on the other side). The caller exits when the tile lies past the length."""
+    (its sequence, tile index, first token and length of the sequence, first token and length
+    of the same sequence on the other side). The caller exits when the tile lies past the
+    length."""
     i_seq, i_tile = sequence_tile(CU_TILED, n_seqs, search_steps, pid, BLOCK)
     start, length = sequence_span(CU_TILED, i_seq)
     other_start, other_length = sequence_span(CU_OTHER, i_seq)
     if INT64_ROWS:
         start = start.to(tl.int64)
         other_start = other_start.to(tl.int64)
-    return i_tile, start, length, other_start, other_length
+    return i_seq, i_tile, start, length, other_start, other_length
 
 
 @triton.jit

@@ -1,13 +1,14 @@
 """flash_attention's score modifiers (sliding window, bottom-right alignment, softcap, ALiBi,
 float masks, attention sinks, a value head dim of its own), alone and together, forward and
-backward (the sinks' gradient included), against the float64 reference; and the tiles the
-kernels visit for a band of visible keys."""
+backward (the sinks' gradient included), against the float64 reference; extreme windows and
+caps; strided or grad-requiring slopes and sinks in every API that takes them; and the tiles
+the kernels visit for a band of visible keys."""
 
 import pytest
 import torch
 import triton
 import triton.language as tl
-from numerics import assert_matches_reference
+from numerics import assert_matches_reference, max_score_of
 
 import attention_ops as ao
 from attention_ops.kernels.score import band_tiles
@@ -202,3 +203,124 @@ def test_band_tiles_visit_every_visible_pair_and_skip_the_mask_only_where_all_ar
                 assert visited == bool(tile.any()), f"{where}: tile {t}"
                 if full_start <= t < full_end:
                     assert tile.all() and t + block_y <= y_len, f"{where}: tile {t} masked"
+
+
+def test_negative_alibi_slopes_keep_padding_query_rows_out_of_dk_and_dv(device):
+    """Slopes < 0 make a score grow with distance: the padding rows of a ragged query tile
+    (past Lq, up to 63 keys away here) must add exactly nothing, not exp2 overflow times a
+    zero dO (NaN). The ALiBi term joins the largest score the float32 floor scales with."""
+    torch.manual_seed(29)
+    q, k, v = qkv(1, 1, 37, 37, torch.float32, device, head_dim=16, batch=1)
+    slope = -2.0
+    check(dict(alibi_slopes=torch.tensor([slope], device=device)), q, k, v,
+          max_score=max_score_of(q, k, None) - slope * 36)
+
+
+def run_each_api(api, q, k, v, **mods):
+    """One (B, H, L, D) problem through ``api``: flash_attention; flash_attention_varlen with
+    each batch row a sequence; flash_attention_with_kvcache with every key valid."""
+    batch, seqlen_q, seqlen_k = q.shape[0], q.shape[2], k.shape[2]
+    if api == "flash_attention":
+        return ao.flash_attention(q, k, v, **mods)
+    if api == "varlen":
+        packed = (t.transpose(1, 2).flatten(0, 1) for t in (q, k, v))
+        cu_q, cu_k = (torch.arange(batch + 1, dtype=torch.int32, device=q.device) * n
+                      for n in (seqlen_q, seqlen_k))
+        out = ao.flash_attention_varlen(*packed, cu_q, cu_k, **mods)
+        return out.unflatten(0, (batch, seqlen_q)).transpose(1, 2)
+    cache_seqlens = torch.full((batch,), seqlen_k, dtype=torch.int32, device=q.device)
+    return ao.flash_attention_with_kvcache(q, k, v, cache_seqlens, causal=False, **mods)
+
+
+APIS = ["flash_attention", "varlen", "kvcache"]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_strided_slopes_and_sinks_read_as_their_values(api, device):
+    """Columns of (Hq, 3) tensors (stride 3) give what contiguous copies give, and where there
+    is a backward the sinks' gradient lands in their column."""
+    torch.manual_seed(30)
+    q, k, v = qkv(4, 2, 17, 21, torch.float32, device, head_dim=16)
+    slope_columns = torch.rand(4, 3, device=device)
+    sink_columns = torch.randn(4, 3, device=device)
+    differentiable = api != "kvcache"  # decoding is inference only
+    results = []
+    for copy in (False, True):
+        leaf = sink_columns.clone().requires_grad_(differentiable)
+        slopes, sinks = slope_columns[:, 1], leaf[:, 1]
+        if copy:
+            slopes, sinks = slopes.contiguous(), sinks.contiguous()
+        with torch.set_grad_enabled(differentiable):
+            out = run_each_api(api, q, k, v, alibi_slopes=slopes, sinks=sinks)
+        if differentiable:
+            out.backward(torch.randn_like(out, generator=torch.Generator(device).manual_seed(1)))
+        results.append((out.detach(), leaf.grad))
+    (out, dsinks), (expected_out, expected_dsinks) = results
+    assert torch.equal(out, expected_out)
+    if differentiable:
+        assert torch.equal(dsinks, expected_dsinks)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_slopes_that_require_grad_are_refused_while_grad_mode_is_on(api, device, monkeypatch):
+    """The kernels compute no slope gradient: rather than drop it silently, refuse the slopes
+    (under no_grad nothing is dropped, so they run)."""
+    torch.manual_seed(31)
+    q, k, v = qkv(2, 2, 17, 17, torch.float32, device, head_dim=16, batch=1)
+    slopes = torch.rand(2, device=device, requires_grad=True)
+    with torch.no_grad():
+        expected = run_each_api(api, q, k, v, alibi_slopes=slopes.detach())
+        assert torch.equal(run_each_api(api, q, k, v, alibi_slopes=slopes), expected)
+
+    def no_launch(*args, **kw):
+        raise AssertionError("a kernel was launched on bad input")
+
+    for name in ("attention_forward", "decode_forward"):
+        monkeypatch.setattr(f"attention_ops.ops.{name}", no_launch)
+    with pytest.raises(ValueError, match="alibi_slopes requires grad"):
+        run_each_api(api, q, k, v, alibi_slopes=slopes)
+
+
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(17, 37), (37, 17)], ids=["wide", "tall"])
+@pytest.mark.parametrize("side", [2**31 - 1, 2**31, 2**63 - 1])
+def test_a_window_side_past_every_key_is_unbounded(side, seqlen_q, seqlen_k, device):
+    """Any side up to the int64 range means "at least that far": (side, side) sees every key,
+    (side, 0) is causal, in the kernels and in the reference."""
+    torch.manual_seed(32)
+    q, k, v = qkv(2, 2, seqlen_q, seqlen_k, torch.float16, device, head_dim=16, batch=1)
+    for window, causal in [((side, side), False), ((side, 0), True)]:
+        assert torch.equal(
+            ao.reference.visibility_mask(seqlen_q, seqlen_k, window=window,
+                                         align="bottom_right"),
+            ao.reference.visibility_mask(seqlen_q, seqlen_k, causal=causal,
+                                         align="bottom_right"))
+        assert_matches_reference(
+            lambda q, k, v, window=window: ao.flash_attention(q, k, v, window=window,
+                                                              align="bottom_right"),
+            q, k, v, causal=causal, align="bottom_right")
+
+
+@pytest.mark.parametrize("softcap", [1e3, 1e7])
+def test_a_large_softcap_keeps_float32_accuracy(softcap, device):
+    """c * tanh(s / c) is about s when c >> |s|: tanh near 0 keeps its relative precision,
+    so the cap costs no accuracy, forward or backward."""
+    torch.manual_seed(33)
+    q, k, v = qkv(2, 2, 37, 37, torch.float32, device, head_dim=16, batch=1)
+    check(dict(softcap=softcap), q, k, v)
+
+
+@pytest.mark.parametrize("softcap", [1e39, 1e300])
+def test_a_softcap_past_the_float32_range_is_no_cap(softcap, device):
+    torch.manual_seed(34)
+    q, k, v = qkv(2, 2, 37, 37, torch.float32, device, head_dim=16, batch=1)
+    assert_matches_reference(lambda q, k, v: ao.flash_attention(q, k, v, softcap=softcap),
+                             q, k, v)
+
+
+def test_a_softcap_below_the_float32_range_gives_uniform_weights(device):
+    """Every score lies within 2c of every other, a query of zeros included (no 0 * inf)."""
+    torch.manual_seed(35)
+    q, k, v = qkv(2, 2, 17, 21, torch.float32, device, head_dim=16, batch=1)
+    q[:, :, 3] = 0.0
+    out = ao.flash_attention(q, k, v, softcap=1e-300)
+    torch.testing.assert_close(out, v.mean(2, keepdim=True).expand_as(out))

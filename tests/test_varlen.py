@@ -35,7 +35,8 @@ def heads_first(t: torch.Tensor) -> torch.Tensor:
 
 
 def each_sequence_alone(lengths, keep_mask=None, **options):
-    """The reference: every sequence through the eager reference on its own, packed back."""
+    """The reference: every sequence through the eager reference on its own, packed back
+    (with (N, Hq) ALiBi slopes, sequence n takes row n)."""
     cu_q, cu_k = cu_seqlens([lq for lq, _ in lengths]), cu_seqlens([lk for _, lk in lengths])
 
     def reference(q, k, v, **extra):
@@ -43,8 +44,11 @@ def each_sequence_alone(lengths, keep_mask=None, **options):
         for n in range(len(lengths)):
             rows, cols = slice(cu_q[n], cu_q[n + 1]), slice(cu_k[n], cu_k[n + 1])
             keep = None if keep_mask is None else keep_mask[:, :, rows, :cols.stop - cols.start]
+            slopes = options.get("alibi_slopes")
+            own = {} if slopes is None or slopes.dim() == 1 else {"alibi_slopes": slopes[n]}
             out = reference_sdpa(heads_first(q[rows]), heads_first(k[cols]),
-                                 heads_first(v[cols]), keep_mask=keep, **options, **extra)
+                                 heads_first(v[cols]), keep_mask=keep, **{**options, **own},
+                                 **extra)
             outs.append(out[0].transpose(0, 1))
         return torch.cat(outs)
 
@@ -79,6 +83,20 @@ def test_softcap_alibi_and_sinks_apply_per_sequence(device):
     sinks = torch.randn(4, device=device)
     slopes = torch.rand(4, device=device)
     check(LENGTHS, q, k, v, sinks=sinks, causal=True, softcap=3.0, alibi_slopes=slopes)
+
+
+def test_alibi_slopes_per_sequence(device):
+    """(N, Hq) slopes, FlashAttention's varlen layout: sequence n runs with row n."""
+    q, k, v = packed_qkv(LENGTHS, 4, 2, torch.float16, device)
+    slopes = torch.rand(len(LENGTHS), 4, device=device)
+    check(LENGTHS, q, k, v, causal=True, align="bottom_right", alibi_slopes=slopes)
+
+
+def test_alibi_slopes_with_a_row_count_other_than_the_sequences_raise(device):
+    q = torch.randn(6, 2, 16, device=device)
+    cu = _int32([0, 2, 6]).to(device)
+    with pytest.raises(ValueError, match=r"alibi_slopes must have shape .*\(num_seqs, Hq\)"):
+        ao.flash_attention_varlen(q, q, q, cu, cu, alibi_slopes=torch.rand(3, 2, device=device))
 
 
 def test_dropout_is_reproducible_and_keyed_by_global_token_positions(device):
@@ -182,3 +200,12 @@ def test_cu_seqlens_on_another_device_raise(device):
     cu = _int32([0, 6]).to("meta")
     with pytest.raises(ValueError, match="cu_seqlens_q is on meta"):
         ao.flash_attention_varlen(q, q, q, cu, cu)
+
+
+@pytest.mark.parametrize("as_list", ["cu_seqlens_q", "cu_seqlens_k"])
+def test_cu_seqlens_given_as_lists_raise_value_error(as_list, device):
+    q = torch.randn(6, 2, 16, device=device)
+    cu = {"cu_seqlens_q": _int32([0, 6]).to(device), "cu_seqlens_k": _int32([0, 6]).to(device)}
+    cu[as_list] = [0, 6]
+    with pytest.raises(ValueError, match=f"{as_list} must be a torch.Tensor, got list"):
+        ao.flash_attention_varlen(q, q, q, **cu)
