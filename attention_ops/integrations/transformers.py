@@ -178,8 +178,8 @@ def attention_forward(
         if rule.padded and attention_mask.shape[-1] != key.shape[2]:
             return _attend_with_mismatched_padding(query, key, value, attention_mask, rule,
                                                    is_causal, dropout, scaling, softcap, s_aux)
-        if not rule.padded:
-            attention_mask = attention_mask if attention_mask.dtype != torch.bool else None
+        if not rule.padded and attention_mask.dtype == torch.bool:  # only carries the window
+            attention_mask = None
     options = dict(dropout_p=dropout, scale=scaling, softcap=softcap, sinks=s_aux)
     packing = _packing(query, key, attention_mask, kwargs)
     if packing is not None:
