@@ -14,8 +14,9 @@ import triton
 import triton.language as tl
 
 from .cache import CacheLayout
+from .casting import downcast
 from .flash_fwd import attention_forward
-from .launch import is_interpreter
+from .launch import is_interpreter, kernel_flags
 from .score import ScoreMods
 
 MAX_SPLITS = 64
@@ -37,6 +38,7 @@ def choose_num_splits(programs: int, capacity: int, device: torch.device) -> int
 def _combine_splits_kernel(
     PART_O, PART_LSE, O, LSE, n_splits, n_rows, stride_split_o, stride_split_lse,
     HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_R: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
 ):
     """O[r] = sum_s w_s PART_O[s, r] / sum_s w_s with w_s = exp2(PART_LSE[s, r] - max_s), and
     LSE[r] = max_s + log2(sum_s w_s), over BLOCK_R rows (B * Hq * Lq rows in all, contiguous,
@@ -62,7 +64,7 @@ def _combine_splits_kernel(
         b_acc += b_w[:, None] * b_o
     b_sum_safe = tl.where(b_sum == 0.0, 1.0, b_sum)
     tl.store(O + offs_r[:, None] * HEAD_DIM_V + offs_d[None, :],
-             (b_acc / b_sum_safe[:, None]).to(O.dtype.element_ty), mask=m_o)
+             downcast(b_acc / b_sum_safe[:, None], O.dtype.element_ty, INTERPRET_BF16), mask=m_o)
     tl.store(LSE + offs_r, tl.where(b_sum == 0.0, float("-inf"), b_max + tl.log2(b_sum_safe)),
              mask=m_r)
 
@@ -77,7 +79,7 @@ def combine_splits(part_out: torch.Tensor, part_lse: torch.Tensor, out: torch.Te
     _combine_splits_kernel[(triton.cdiv(n_rows, block_r),)](
         part_out, part_lse, out, lse, n_splits, n_rows, part_out.stride(0), part_lse.stride(0),
         HEAD_DIM_V=head_dim_v, BLOCK_DV=max(16, triton.next_power_of_2(head_dim_v)),
-        BLOCK_R=block_r)
+        BLOCK_R=block_r, INTERPRET_BF16=kernel_flags(out)["INTERPRET_BF16"])
 
 
 def decode_forward(

@@ -8,8 +8,10 @@ counter ``(bh * Lq + r) * cdiv(Lk, 8) + g`` (64-bit) under the call's seed, wher
 number is below ``round(p * 2**16)``, so the drop probability moves in steps of 2**-16 (the
 survivors' scale 1/(1-p) keeps the exact p: a relative bias of at most 2**-17 / (1-p),
 1.5e-5 at p = 0.5); sixteen bits per decision need half the Philox calls of 32.
-The forward and both backward kernels regenerate the same mask from any tiling (tiles start
-at multiples of eight columns), and nothing L x L is ever stored.
+The forward and both backward kernels regenerate the same mask from any tiling, and nothing
+L x L is ever stored. A tile that starts on a group (every tile of a whole-problem launch)
+makes one call per group; one that starts inside a group (a context-parallel block at any
+offset) makes one per weight, each taking its own group and lane.
 """
 
 from typing import NamedTuple
@@ -21,7 +23,7 @@ import triton.language as tl
 class DropoutStream(NamedTuple):
     """Where one launch's attention weights sit in the dropout stream: query row r of head bh
     (bh = b * Hq + h) is stream row ``bh * rows + row_offset + r`` and key column j is stream
-    column ``col_offset + j`` of a ``cols``-column grid (``col_offset`` a multiple of 8).
+    column ``col_offset + j`` of a ``cols``-column grid (any offsets).
 
     A launch over the whole problem is ``(Lq, 0, Lk, 0)``. A launch over a block of a longer
     sequence (a context-parallel shard) names the block's place in the whole, so it draws
@@ -62,16 +64,31 @@ def _keep_groups(seed, counters, drop_below):
 
 
 @triton.jit
+def _keep_columns(seed, rows, cols, stream_cols, drop_below):
+    """bool of the broadcast shape of ``rows`` and ``cols`` (stream rows and columns), True
+    where the weight survives: each weight makes its own group's call and takes its lane."""
+    r0, r1, r2, r3 = tl.randint4x(seed, rows * tl.cdiv(stream_cols, 8) + cols // 8)
+    lane = cols % 8
+    word = tl.where(lane < 4, tl.where(lane < 2, r0, r1), tl.where(lane < 6, r2, r3))
+    return tl.where(lane % 2 == 0, word & 0xFFFF, word >> 16) >= drop_below
+
+
+@triton.jit
 def keep_mask(seed, rows, start_n, stream_cols, drop_below,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """[BLOCK_M, BLOCK_N] bool, True where the weight survives.
 
     ``rows`` [BLOCK_M] int64 are stream rows (``DropoutStream``); the columns are stream
-    columns start_n + arange(BLOCK_N) of ``stream_cols``, with start_n a multiple of 8.
+    columns start_n + arange(BLOCK_N) of ``stream_cols``, start_n anywhere.
     """
-    offs_g = start_n // 8 + tl.arange(0, BLOCK_N // 8)
-    counters = rows[:, None] * tl.cdiv(stream_cols, 8) + offs_g[None, :]  # [BLOCK_M, BLOCK_N//8]
-    return tl.reshape(_keep_groups(seed, counters, drop_below), [BLOCK_M, BLOCK_N])
+    if start_n % 8 == 0:  # a call per group of eight columns
+        offs_g = start_n // 8 + tl.arange(0, BLOCK_N // 8)
+        counters = rows[:, None] * tl.cdiv(stream_cols, 8) + offs_g[None, :]  # [M, N // 8]
+        b_keep = tl.reshape(_keep_groups(seed, counters, drop_below), [BLOCK_M, BLOCK_N])
+    else:  # inside a group (a context-parallel block's offset): a call per weight
+        b_keep = _keep_columns(seed, rows[:, None], start_n + tl.arange(0, BLOCK_N)[None, :],
+                               stream_cols, drop_below)
+    return b_keep
 
 
 @triton.jit
@@ -80,10 +97,15 @@ def keep_mask_t(seed, rows, start_n, stream_cols, drop_below,
     """``keep_mask`` transposed, [BLOCK_N, BLOCK_M], for the dK/dV kernel's transposed tiles.
     Generated in that orientation: the sm_90a compile report shows fewer spilled registers
     than transposing the [BLOCK_M, BLOCK_N] mask."""
-    offs_g = start_n // 8 + tl.arange(0, BLOCK_N // 8)
-    counters = rows[None, :] * tl.cdiv(stream_cols, 8) + offs_g[:, None]  # [BLOCK_N//8, BLOCK_M]
-    b_keep = tl.permute(_keep_groups(seed, counters, drop_below), (0, 2, 3, 4, 1))
-    return tl.reshape(b_keep, [BLOCK_N, BLOCK_M])
+    if start_n % 8 == 0:
+        offs_g = start_n // 8 + tl.arange(0, BLOCK_N // 8)
+        counters = rows[None, :] * tl.cdiv(stream_cols, 8) + offs_g[:, None]  # [N // 8, M]
+        b_keep = tl.permute(_keep_groups(seed, counters, drop_below), (0, 2, 3, 4, 1))
+        b_keep = tl.reshape(b_keep, [BLOCK_N, BLOCK_M])
+    else:
+        b_keep = _keep_columns(seed, rows[None, :], start_n + tl.arange(0, BLOCK_N)[:, None],
+                               stream_cols, drop_below)
+    return b_keep
 
 
 @triton.jit

@@ -78,29 +78,43 @@ def compile_report_rows(*args: str) -> list[list[str]]:
             if line.startswith("| ") and not line.startswith("| variant")]
 
 
+def _where(row: list[str]) -> str:
+    variant, kernel, head_dim, _, config = row[:5]
+    return f"{variant} {kernel} D={head_dim} {config}"
+
+
+def assert_computes_each_dot_once(rows: list[list[str]]) -> None:
+    """Each tile compiled and computes no dot twice (MMA x, executed over useful
+    multiply-adds, 1.00: no warps repeating rows another warpgroup computes)."""
+    for row in rows:
+        mma_x, note = row[-2:]
+        assert note == "", f"{_where(row)}: {note}"
+        assert mma_x == "1.00", f"{_where(row)}: computes {mma_x}x its dots' work"
+
+
 def assert_hopper_ready(rows: list[list[str]], dtype: str) -> None:
-    """Each compiled tile is spill-free, computes no dot twice (MMA x, executed over useful
-    multiply-adds, 1.00: no warps repeating rows another warpgroup computes) and, in half
-    precision, uses warpgroup MMAs (but the small fallback tile, whose 32-row dots are below
-    the warpgroup MMA's 64; float32 runs IEEE dots, which never do)."""
-    for variant, kernel, head_dim, _, config, _regs, spill, _smem, hgmma, mma_x, note in rows:
-        where = f"{variant} {kernel} D={head_dim} {config}"
-        assert note == "", f"{where}: {note}"
-        assert int(spill) == 0, f"{where}: {spill} bytes of register spills"
-        assert mma_x == "1.00", f"{where}: computes {mma_x}x its dots' work"
+    """``assert_computes_each_dot_once``, and each tile is spill-free and, in half precision,
+    uses warpgroup MMAs (but the small fallback tile, whose 32-row dots are below the
+    warpgroup MMA's 64; float32 runs IEEE dots, which never do)."""
+    assert_computes_each_dot_once(rows)
+    for row in rows:
+        config, _regs, spill, _smem, hgmma = row[4:9]
+        assert int(spill) == 0, f"{_where(row)}: {spill} bytes of register spills"
         if dtype != "fp32" and config != "M32 N32 w4 s1":
-            assert int(hgmma) > 0, f"{where}: no warpgroup MMA in the SASS"
+            assert int(hgmma) > 0, f"{_where(row)}: no warpgroup MMA in the SASS"
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_every_candidate_tile_compiles_for_hopper_without_spills(dtype):
-    """CI has no GPU: compile every D=64 and D=128 candidate tile (causal, the launchers' real
-    arguments) for sm_90a down to SASS."""
-    rows = compile_report_rows("--head-dims", "64", "128", "--causal", "yes", "--dtype", dtype,
-                               "--variants", "plain", "decode")
+    """CI has no GPU: compile every candidate tile of every table (causal, the launchers' real
+    arguments) for sm_90a down to SASS. None computes a dot twice; the D=64 and D=128 ones
+    are also spill-free with warpgroup MMAs, which no D=256 dK/dV tile manages (configs)."""
+    rows = compile_report_rows("--head-dims", "64", "128", "256", "--causal", "yes",
+                               "--dtype", dtype, "--variants", "plain", "decode")
     tables = configs.FP32_TILES if dtype == "fp32" else configs.TILES
-    assert len(rows) == sum(len(tables[kind][d]) for kind in tables for d in (64, 128))
-    assert_hopper_ready(rows, dtype)
+    assert len(rows) == sum(len(tiles) for kind in tables for tiles in tables[kind].values())
+    assert_computes_each_dot_once([row for row in rows if row[2] == "256"])
+    assert_hopper_ready([row for row in rows if row[2] != "256"], dtype)
 
 
 def test_every_score_modifier_compiles_for_hopper_without_spills():

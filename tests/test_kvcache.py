@@ -7,6 +7,7 @@ import torch
 from numerics import assert_within_eager_error, max_score_of
 
 import attention_ops as ao
+from attention_ops.kernels import LN2, ScoreMods, decode_forward
 from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
 
 pytestmark = pytest.mark.usefixtures("nan_poisoned_outputs")
@@ -102,6 +103,20 @@ def test_a_paged_cache_with_a_shuffled_block_table_reads_the_same_keys(device):
     torch.testing.assert_close(got, contiguous, rtol=0, atol=0)  # the same keys, same order
 
 
+def test_split_bfloat16_output_is_the_float32_merge_rounded_to_nearest_even(device):
+    """The split-combine kernel writes its float32 merge of two splits to bfloat16 as torch
+    rounds it (to nearest even; the interpreter's own cast truncates toward zero)."""
+    q, k, v, cache_seqlens = cache_problem(1, torch.bfloat16, device)
+    merged = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        merged[dtype] = torch.empty(*q.shape[:3], HEAD_DIM, dtype=dtype, device=device)
+        decode_forward(q, k, v, merged[dtype], torch.empty(q.shape[:3], device=device),
+                       cache_seqlens=cache_seqlens, block_table=None, scale=HEAD_DIM ** -0.5,
+                       mods=ScoreMods(causal=True, bottom_right=True), num_splits=2)
+    torch.testing.assert_close(merged[torch.bfloat16], merged[torch.float32].to(torch.bfloat16),
+                               rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"q": lambda q: q.requires_grad_()}, "inference only"),
     ({"q": lambda q: q[:, :, :0]}, "at least one query row"),
@@ -159,3 +174,25 @@ def test_strided_lengths_and_block_tables_read_as_their_values(device):
         ao.flash_attention_with_kvcache(q, pool, pool, lengths, block_table=table),
         ao.flash_attention_with_kvcache(q, pool, pool, lengths, block_table=table.contiguous()),
         rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_unchecked_lengths_clamp_to_the_rows_own_cache(paged, device):
+    """The op itself does not check cache_seqlens (on CUDA that would synchronise): a length
+    past the capacity reads as the capacity and a negative one as 0, so row 0 never reads
+    row 1's keys (the next rows of a contiguous cache, the next blocks of the table)."""
+    q = torch.randn(3, HEADS_Q, 2, HEAD_DIM, device=device)
+    if paged:  # row b holds blocks 2b and 2b + 1 of 16 keys: 32 in all
+        k, v = (torch.randn(6, HEADS_KV, 16, HEAD_DIM, device=device) for _ in range(2))
+        table = torch.arange(6, dtype=torch.int32, device=device).view(3, 2)
+    else:
+        k, v = (torch.randn(3, HEADS_KV, 32, HEAD_DIM, device=device) for _ in range(2))
+        table = None
+    out, lse = torch.ops.attention_ops.flash_attention_with_kvcache(
+        q, k, v, torch.tensor([48, -3, 20], dtype=torch.int32, device=device), table, None,
+        None, HEAD_DIM ** -0.5, True, None, None, None, 2)
+    clamped_out, clamped_lse = ao.flash_attention_with_kvcache(
+        q, k, v, torch.tensor([32, 0, 20], dtype=torch.int32, device=device), block_table=table,
+        num_splits=2, return_lse=True)
+    torch.testing.assert_close(out, clamped_out, rtol=0, atol=0)
+    torch.testing.assert_close(lse * LN2, clamped_lse, rtol=0, atol=0)

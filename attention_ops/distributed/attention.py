@@ -39,8 +39,6 @@ from attention_ops.validation import (
     fused_path_problem,
 )
 
-DROPOUT_COLUMN_GROUP = 8  # a launch's first key must sit at a multiple of this in the stream
-
 
 class ChunkPair(NamedTuple):
     """One launch: a query chunk of the local shard against a key chunk of the block in hand,
@@ -238,8 +236,7 @@ def ring_attention(
     Raises:
         ValueError: inputs ``flash_attention`` would refuse, q and k/v of different local
             lengths, an unknown layout, a global length that does not cut into W
-            (contiguous) or 2W (zigzag) equal chunks, dropout with chunks that are not a
-            multiple of 8 tokens, or no process group.
+            (contiguous) or 2W (zigzag) equal chunks, or no process group.
 
     Example:
         >>> # torchrun --nproc_per_node 4 train.py, after init_process_group("nccl")
@@ -258,12 +255,6 @@ def ring_attention(
     ring = Ring(group, "ring_attention")
     order = SequenceLayout(layout, ring.world)
     chunk = order.shard_chunk_length(q.shape[2])
-    if dropout_p > 0.0 and chunk % DROPOUT_COLUMN_GROUP != 0:
-        raise ValueError(
-            f"dropout in ring_attention needs chunks of a multiple of {DROPOUT_COLUMN_GROUP} "
-            f"tokens: the {layout} layout over {ring.world} ranks cuts the sequence length "
-            f"{q.shape[2] * ring.world} ({q.shape[2]} local tokens) into {order.n_chunks} "
-            f"chunks of {chunk}")
     seed = None
     if dropout_p > 0.0:
         seed = ring.broadcast_first(draw_dropout_seed(q.device, generator))
