@@ -71,10 +71,9 @@ def _bwd_delta_kernel(
 @triton.jit
 def row_lse(p_lse, m_rows):
     """The forward's base-2 LSE of these rows, with a row that saw no key (-inf) turned into
-    +inf so its recomputed weights exp2(s - lse) are 0. Rows outside m_rows (padding past Lq)
-    load +inf too: an lse of 0 would let a positive score (a negative ALiBi slope) overflow
-    exp2, and inf times their zero dO is NaN."""
-    b_lse = tl.load(p_lse, mask=m_rows, other=float("inf"))
+    +inf so its recomputed weights exp2(s - lse) are 0. Rows outside m_rows load 0 (their
+    scores are hidden: padding past Lq only meets the masked path, see ``score.visible``)."""
+    b_lse = tl.load(p_lse, mask=m_rows, other=0.0)
     return tl.where(b_lse == float("-inf"), float("inf"), b_lse)
 
 
@@ -119,8 +118,8 @@ def _dkdv_q_loop(
 ):
     """Accumulate dK, dV of the key tile at start_n over the query tiles of [start, end) then
     [start2, end2), in transposed form ([BLOCK_N, BLOCK_M] tiles) so no tile needs a transpose
-    before its dot. Rows past Lq load dO = 0, delta = 0 and lse = +inf (weights 0) and so add
-    nothing."""
+    before its dot. Rows past Lq load dO = 0 and delta = 0, and their scores are hidden, so
+    they add nothing."""
     m_d = offs_d < HEAD_DIM
     m_dv = offs_dv < HEAD_DIM_V
     i_k = offs_n[:, None]

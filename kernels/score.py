@@ -81,16 +81,18 @@ def base2_scores(b_qk, i_q, i_k, qk_scale, softcap_scale, softcap_base2, slope_b
 def visible(i_q, i_k, seqlen_q, seqlen_k, diagonal_offset, window_left, window_right,
             p_mask, stride_mask_m, stride_mask_n,
             HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr):
-    """Step 5: bool tile, True where key i_k exists, lies in query i_q's band and the bool
-    mask (uint8, nonzero = attend; p_mask at this (batch, head)) allows it."""
-    m_visible = i_k < seqlen_k
+    """Step 5: bool tile, True where query i_q and key i_k exist, the key lies in the query's
+    band and the bool mask (uint8, nonzero = attend; p_mask at this (batch, head)) allows it.
+    Padding queries see nothing: the dK/dV kernel sums over them, and an exp2 of their
+    unnormalised scores (a negative ALiBi slope makes them positive) would overflow."""
+    m_visible = (i_k < seqlen_k) & (i_q < seqlen_q)
     if HAS_RIGHT:
         m_visible = m_visible & (i_k <= i_q + (diagonal_offset + window_right))
     if HAS_LEFT:
         m_visible = m_visible & (i_k >= i_q + (diagonal_offset - window_left))
     if MASK_KIND == MASK_BOOL:
-        m_in = (i_q < seqlen_q) & m_visible
-        b_mask = tl.load(p_mask + i_q * stride_mask_m + i_k * stride_mask_n, mask=m_in, other=0)
+        b_mask = tl.load(p_mask + i_q * stride_mask_m + i_k * stride_mask_n, mask=m_visible,
+                         other=0)
         m_visible = m_visible & (b_mask != 0)
     return m_visible
 
