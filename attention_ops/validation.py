@@ -1,8 +1,7 @@
 """Every input check of the public API, in one place.
 
 Checks raise ValueError with a message that names the offending argument, before any kernel
-launches. ``fused_path_problem`` says why valid inputs cannot run on the fused kernel (the
-callers decide whether that is an error or a reason to run the eager math).
+launches. Nothing here imports Triton: the eager reference uses these checks too.
 """
 
 from __future__ import annotations
@@ -12,10 +11,6 @@ import numbers
 
 import torch
 
-from attention_ops.kernels import interpreter_requested_too_late, is_interpreter
-
-FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
 ALIGNS = ("top_left", "bottom_right")
 
 
@@ -355,12 +350,13 @@ def check_kvcache_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         if k_cache.shape[0] != batch:
             raise ValueError(f"k_cache holds {k_cache.shape[0]} rows, q {batch}: a contiguous "
                              f"cache is (B, Hkv, Lmax, D) (pass block_table for a paged one)")
-        capacity = k_cache.shape[2]
     else:
         if not isinstance(block_table, torch.Tensor) or block_table.dim() != 2:
             raise ValueError("block_table must be a 2-D (B, max_blocks) int32 tensor")
         _check_int32_tensor("block_table", block_table, (batch, block_table.shape[1]), q)
-        capacity = block_table.shape[1] * k_cache.shape[2]
+    # Imported here: decoding runs the kernels anyway, and the reference must not load Triton.
+    from attention_ops.kernels.cache import cache_capacity
+    capacity = cache_capacity(k_cache, block_table)
     if cache_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
         # Value checks read the tensors: only where that costs no device synchronisation.
         lengths = cache_seqlens.tolist()
@@ -403,27 +399,3 @@ def check_num_splits(num_splits) -> int | None:
             or num_splits < 1:
         raise ValueError(f"num_splits must be an int >= 1 or None, got {num_splits!r}")
     return int(num_splits)
-
-
-def fused_path_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       attn_mask: torch.Tensor | None = None,
-                       scale: float | None = None) -> str | None:
-    """Why the fused kernel cannot run these valid 4-D inputs, or None if it can."""
-    if q.device.type == "cpu" and interpreter_requested_too_late():
-        return ("TRITON_INTERPRET=1 was set after attention_ops was imported: Triton reads it "
-                "when the kernels are defined, so set it before the import")
-    if q.device.type != "cuda" and not (q.device.type == "cpu" and is_interpreter()):
-        return (f"tensors on {q.device.type}: the fused kernel needs CUDA tensors "
-                "(or CPU tensors with TRITON_INTERPRET=1)")
-    if q.dtype not in FUSED_DTYPES:
-        return f"dtype {q.dtype} (the fused kernel takes float16, bfloat16, float32)"
-    for name, dim in (("head_dim", q.shape[-1]), ("value head_dim", v.shape[-1])):
-        if dim == 0:
-            return f"{name} 0"
-        if dim > MAX_HEAD_DIM:
-            return f"{name} {dim} > {MAX_HEAD_DIM}"
-    if attn_mask is not None and attn_mask.is_floating_point() and attn_mask.requires_grad:
-        return "float attn_mask that requires grad (the fused kernels compute no mask gradient)"
-    if scale is not None and not (scale > 0.0 and math.isfinite(scale)):
-        return f"scale {scale} (the fused kernel takes a finite positive scale)"
-    return None

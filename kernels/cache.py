@@ -8,6 +8,14 @@ from dataclasses import dataclass
 import torch
 
 
+def cache_capacity(k_cache: torch.Tensor, block_table: torch.Tensor | None) -> int:
+    """The most keys a row can hold: Lmax of a contiguous (B, Hkv, Lmax, D) cache, or
+    max_pages * page_size of a paged (num_pages, Hkv, page_size, D) one."""
+    if block_table is None:
+        return k_cache.shape[2]
+    return block_table.shape[1] * k_cache.shape[2]
+
+
 @dataclass(frozen=True)
 class CacheLayout:
     """Row b of the cache holds ``cache_seqlens[b]`` keys (int32 (B,)); with ``block_table``
@@ -22,10 +30,7 @@ class CacheLayout:
     split_strides: tuple[int, int] = (0, 0)
 
     def capacity(self, k_cache: torch.Tensor) -> int:
-        """The most keys a row can hold."""
-        if self.block_table is None:
-            return k_cache.shape[2]
-        return self.block_table.shape[1] * k_cache.shape[2]
+        return cache_capacity(k_cache, self.block_table)
 
 
 def cache_args(cache: CacheLayout | None, k_cache: torch.Tensor,
