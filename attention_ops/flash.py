@@ -8,6 +8,7 @@ import torch
 
 from attention_ops import ops
 from attention_ops.dropout import draw_dropout_seed
+from attention_ops.fused_path import fused_path_problem
 from attention_ops.kernels import LN2
 from attention_ops.validation import (
     check_alibi_slopes,
@@ -19,7 +20,6 @@ from attention_ops.validation import (
     check_sinks,
     check_softcap,
     check_window,
-    fused_path_problem,
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from attention_ops import ops
+from attention_ops.fused_path import fused_path_problem
 from attention_ops.kernels import LN2
 from attention_ops.validation import (
     check_alibi_slopes,
@@ -16,7 +17,6 @@ from attention_ops.validation import (
     check_sinks,
     check_softcap,
     check_window,
-    fused_path_problem,
 )
 
 

@@ -19,6 +19,7 @@ import torch
 
 from attention_ops import reference
 from attention_ops.flash import fused_attention
+from attention_ops.fused_path import fused_path_problem
 from attention_ops.validation import (
     check_alibi_slopes,
     check_align,
@@ -29,7 +30,6 @@ from attention_ops.validation import (
     check_sinks,
     check_softcap,
     check_window,
-    fused_path_problem,
 )
 
 # Computed in float32 on the eager path, as torch's math backend does.

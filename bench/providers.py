@@ -29,7 +29,7 @@ from attention_ops import (
     flash_attention_with_kvcache,
     reference,
 )
-from attention_ops.validation import fused_path_problem
+from attention_ops.fused_path import fused_path_problem
 from bench.cases import Case
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -208,15 +208,15 @@ def test_head_dim_zero_raises(scale, device, monkeypatch):
 
 
 def test_cpu_tensors_without_the_interpreter_raise(monkeypatch):
-    monkeypatch.setattr("attention_ops.validation.is_interpreter", lambda: False)
+    monkeypatch.setattr("attention_ops.fused_path.is_interpreter", lambda: False)
     q = torch.randn(1, 1, 4, 16)
     with pytest.raises(ValueError, match="CUDA"):
         ao.flash_attention(q, q, q)
 
 
 def test_interpreter_requested_after_import_says_to_set_it_before(monkeypatch):
-    monkeypatch.setattr("attention_ops.validation.is_interpreter", lambda: False)
-    monkeypatch.setattr("attention_ops.validation.interpreter_requested_too_late", lambda: True)
+    monkeypatch.setattr("attention_ops.fused_path.is_interpreter", lambda: False)
+    monkeypatch.setattr("attention_ops.fused_path.interpreter_requested_too_late", lambda: True)
     q = torch.randn(1, 1, 4, 16)
     with pytest.raises(ValueError, match="set it before the import"):
         ao.flash_attention(q, q, q)

@@ -259,7 +259,7 @@ def test_calls_outside_the_fused_kernel_warn_once_per_reason(make_args, kwargs, 
 
 
 def test_cpu_tensors_without_the_interpreter_take_the_eager_path(monkeypatch):
-    monkeypatch.setattr("attention_ops.validation.is_interpreter", lambda: False)
+    monkeypatch.setattr("attention_ops.fused_path.is_interpreter", lambda: False)
     query, key, value = q_kv()
     with pytest.warns(UserWarning, match="tensors on cpu"):
         out = ao.scaled_dot_product_attention(query, key, value, is_causal=True)

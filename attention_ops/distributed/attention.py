@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from attention_ops.distributed.layout import SequenceLayout
 from attention_ops.distributed.ring import Ring
 from attention_ops.dropout import draw_dropout_seed
+from attention_ops.fused_path import fused_path_problem
 from attention_ops.kernels import (
     LN2,
     DropoutStream,
@@ -36,7 +37,6 @@ from attention_ops.validation import (
     check_attention_inputs,
     check_dropout_p,
     check_scale,
-    fused_path_problem,
 )
 
 

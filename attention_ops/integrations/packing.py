@@ -20,8 +20,8 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
+from attention_ops.fused_path import fused_path_problem
 from attention_ops.sdpa import attend
-from attention_ops.validation import fused_path_problem
 from attention_ops.varlen import flash_attention_varlen
 
 T = TypeVar("T")

@@ -45,6 +45,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
 from attention_ops import reference
+from attention_ops.fused_path import fused_path_problem
 from attention_ops.integrations.mask_functions import (
     causal_mask,
     document_starts,
@@ -65,7 +66,6 @@ from attention_ops.validation import (
     check_attention_inputs,
     check_dropout_p,
     check_mask,
-    fused_path_problem,
 )
 
 MIN_TRANSFORMERS = (5, 5)
