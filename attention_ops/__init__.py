@@ -1,46 +1,45 @@
 """attention-ops: fused causal attention for PyTorch, forward and backward, in Triton.
 
-Set ``TRITON_INTERPRET=1`` before importing to run the kernels on the CPU (slow, for tests).
+Set ``TRITON_INTERPRET=1`` before the first use of a kernel-backed function to run the
+kernels on the CPU (slow, for tests). The public names load on first use, so
+``import attention_ops.reference`` (the eager math) imports no Triton.
 """
 
-from attention_ops import reference
-from attention_ops.dropout import draw_dropout_seed, dropout_keep_mask
-from attention_ops.flash import flash_attention
-from attention_ops.kernels import use_autotuning
-from attention_ops.kvcache import flash_attention_with_kvcache
-from attention_ops.modules import (
-    CausalAttention,
-    MultiHeadAttention,
-    MultiHeadAttentionWrapper,
-    SelfAttentionV1,
-    SelfAttentionV2,
-)
-from attention_ops.patching import SDPAPatch, patch_sdpa
-from attention_ops.sdpa import (
-    FusedPathUnavailableError,
-    scaled_dot_product_attention,
-    set_strict,
-    strict,
-)
-from attention_ops.varlen import flash_attention_varlen
+import importlib
 
-__all__ = [
-    "CausalAttention",
-    "FusedPathUnavailableError",
-    "MultiHeadAttention",
-    "MultiHeadAttentionWrapper",
-    "SDPAPatch",
-    "SelfAttentionV1",
-    "SelfAttentionV2",
-    "draw_dropout_seed",
-    "dropout_keep_mask",
-    "flash_attention",
-    "flash_attention_varlen",
-    "flash_attention_with_kvcache",
-    "patch_sdpa",
-    "reference",
-    "scaled_dot_product_attention",
-    "set_strict",
-    "strict",
-    "use_autotuning",
-]
+# Each public name and the module that defines it.
+_PUBLIC = {
+    "CausalAttention": "attention_ops.modules",
+    "FusedPathUnavailableError": "attention_ops.sdpa",
+    "MultiHeadAttention": "attention_ops.modules",
+    "MultiHeadAttentionWrapper": "attention_ops.modules",
+    "SDPAPatch": "attention_ops.patching",
+    "SelfAttentionV1": "attention_ops.modules",
+    "SelfAttentionV2": "attention_ops.modules",
+    "draw_dropout_seed": "attention_ops.dropout",
+    "dropout_keep_mask": "attention_ops.dropout",
+    "flash_attention": "attention_ops.flash",
+    "flash_attention_varlen": "attention_ops.varlen",
+    "flash_attention_with_kvcache": "attention_ops.kvcache",
+    "patch_sdpa": "attention_ops.patching",
+    "scaled_dot_product_attention": "attention_ops.sdpa",
+    "set_strict": "attention_ops.sdpa",
+    "strict": "attention_ops.sdpa",
+    "use_autotuning": "attention_ops.kernels",
+}
+
+__all__ = sorted([*_PUBLIC, "reference"])
+
+
+def __getattr__(name: str):
+    if name == "reference":
+        return importlib.import_module("attention_ops.reference")
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'attention_ops' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

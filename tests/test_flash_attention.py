@@ -7,6 +7,7 @@ from numerics import assert_matches_reference, assert_within_eager_error
 
 import attention_ops as ao
 from attention_ops import kernels
+from attention_ops.options import ScoreMods
 from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
 
 pytestmark = pytest.mark.usefixtures("nan_poisoned_outputs")
@@ -115,11 +116,11 @@ def test_int64_row_offsets_give_the_same_bits(variant, device):
     torch.manual_seed(11)
     q, k, v = qkv(2, 2, 1, 45, 38, 32, torch.float16, device)
     do = torch.randn_like(q)
-    options = dict(scale=0.2, dropout_p=0.0, seed=None, mods=kernels.ScoreMods(causal=True))
+    options = dict(seed=None, mods=ScoreMods(scale=0.2, causal=True))
     if variant == "mask-and-dropout":
         mask = (torch.rand(45, 38, device=device) > 0.3).expand(2, 2, 45, 38)
-        options = dict(scale=0.2, dropout_p=0.3, seed=ao.draw_dropout_seed(device),
-                       mods=kernels.ScoreMods(attn_mask=mask))
+        options = dict(seed=ao.draw_dropout_seed(device),
+                       mods=ScoreMods(scale=0.2, dropout_p=0.3, attn_mask=mask))
     results = []
     for int64_rows in (False, True):
         out = torch.empty_like(q)

@@ -7,7 +7,8 @@ import torch
 from numerics import assert_within_eager_error, max_score_of
 
 import attention_ops as ao
-from attention_ops.kernels import LN2, ScoreMods, decode_forward
+from attention_ops.kernels import LN2, decode_forward
+from attention_ops.options import ScoreMods
 from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
 
 pytestmark = pytest.mark.usefixtures("nan_poisoned_outputs")
@@ -111,8 +112,9 @@ def test_split_bfloat16_output_is_the_float32_merge_rounded_to_nearest_even(devi
     for dtype in (torch.float32, torch.bfloat16):
         merged[dtype] = torch.empty(*q.shape[:3], HEAD_DIM, dtype=dtype, device=device)
         decode_forward(q, k, v, merged[dtype], torch.empty(q.shape[:3], device=device),
-                       cache_seqlens=cache_seqlens, block_table=None, scale=HEAD_DIM ** -0.5,
-                       mods=ScoreMods(causal=True, bottom_right=True), num_splits=2)
+                       cache_seqlens=cache_seqlens, block_table=None,
+                       mods=ScoreMods(HEAD_DIM ** -0.5, causal=True, bottom_right=True),
+                       num_splits=2)
     torch.testing.assert_close(merged[torch.bfloat16], merged[torch.float32].to(torch.bfloat16),
                                rtol=0, atol=0)
 
