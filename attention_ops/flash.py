@@ -1,31 +1,23 @@
-"""``flash_attention``: the fused Triton kernels behind one autograd.Function."""
+"""``flash_attention``: the fused Triton kernels behind one autograd.Function, which packed
+sequences (``flash_attention_varlen``) share."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
 
 import torch
 
 from attention_ops import ops
 from attention_ops.dropout import draw_dropout_seed
-from attention_ops.fused_path import fused_path_problem
-from attention_ops.kernels import LN2
-from attention_ops.validation import (
-    check_alibi_slopes,
-    check_align,
-    check_attention_inputs,
-    check_dropout_p,
-    check_mask,
-    check_scale,
-    check_sinks,
-    check_softcap,
-    check_window,
-)
+from attention_ops.fused_path import require_fused_path
+from attention_ops.kernels import PackedSequences
+from attention_ops.options import ScoreMods, score_mods
+from attention_ops.validation import check_attention_inputs
 
-
-def expand_mask(attn_mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """A checked mask viewed as (B, Hq, Lq, Lk), zero strides where it broadcasts."""
-    return attn_mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+# Where the tensor options sit among ScoreMods' fields: saved for the backward, not on ctx.
+_FIELDS = [f.name for f in dataclasses.fields(ScoreMods)]
+_TENSOR_FIELDS = tuple(_FIELDS.index(name) for name in ("attn_mask", "alibi_slopes", "sinks"))
+_SINKS_FIELD = _FIELDS.index("sinks")
 
 
 def distinct_tensors(
@@ -41,38 +33,35 @@ def distinct_tensors(
     return q, k, v
 
 
-class FlashAttentionFunction(torch.autograd.Function):
-    """Fused attention with a fused backward, on inputs already checked (``fused_attention``).
-    Its LSE output is base 2. The score options travel as ``ScoreOptions``."""
+class AttentionFunction(torch.autograd.Function):
+    """Fused attention with a fused backward, dense or packed (cu_seqlens given), on checked
+    inputs (``fused_attention``). Its inputs are ``ops.attention_fwd``'s; it returns the
+    output and the natural-log LSE (not differentiable). Sinks get their gradient."""
 
     @staticmethod
-    def forward(ctx, q, k, v, sinks, attn_mask, alibi_slopes, options, seed):
-        out, lse = ops.flash_attention_fwd(q, k, v, seed, attn_mask, alibi_slopes, sinks,
-                                           *options)
-        ctx.save_for_backward(q, k, v, out, lse, seed, attn_mask, alibi_slopes, sinks)
-        ctx.options = options
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen, seed, *fields):
+        out, lse = ops.attention_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen, seed,
+                                     *fields)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed,
+                              *(fields[i] for i in _TENSOR_FIELDS))
+        ctx.max_seqlen = max_seqlen
+        ctx.scalar_fields = tuple(None if i in _TENSOR_FIELDS else f
+                                  for i, f in enumerate(fields))
         ctx.mark_non_differentiable(lse)
-        return out, lse
+        return out, ops.natural_lse(lse)
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, seed, attn_mask, alibi_slopes, sinks = ctx.saved_tensors
-        dq, dk, dv, dsinks = ops.flash_attention_bwd(dout, q, k, v, out, lse, seed, attn_mask,
-                                                     alibi_slopes, sinks, *ctx.options)
-        dsinks = None if sinks is None else dsinks.to(sinks.dtype)
-        return dq, dk, dv, dsinks, None, None, None, None
-
-
-class ScoreOptions(NamedTuple):
-    """The scalar arguments of the custom ops, in their order."""
-
-    scale: float
-    causal: bool
-    dropout_p: float
-    window_left: int | None
-    window_right: int | None
-    bottom_right: bool
-    softcap: float | None
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed, *tensor_fields = ctx.saved_tensors
+        fields = list(ctx.scalar_fields)
+        for i, t in zip(_TENSOR_FIELDS, tensor_fields, strict=True):
+            fields[i] = t
+        dq, dk, dv, dsinks = ops.attention_bwd(dout, q, k, v, out, lse, cu_seqlens_q,
+                                               cu_seqlens_k, ctx.max_seqlen, seed, *fields)
+        sinks = fields[_SINKS_FIELD]
+        field_grads = [None] * len(fields)
+        field_grads[_SINKS_FIELD] = None if sinks is None else dsinks.to(sinks.dtype)
+        return dq, dk, dv, None, None, None, None, *field_grads
 
 
 def flash_attention(
@@ -149,50 +138,34 @@ def flash_attention(
         >>> out = flash_attention(q, k, v, causal=True, window=(255, 0))
     """
     check_attention_inputs(q, k, v)
-    dropout_p = check_dropout_p(dropout_p)
-    scale = check_scale(scale, q.shape[-1])
-    if attn_mask is not None:
-        check_mask(attn_mask, q, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]),
-                   allow_float=True)
-    window, align, softcap = check_window(window), check_align(align), check_softcap(softcap)
-    check_alibi_slopes(alibi_slopes, q)
-    check_sinks(sinks, q)
-    problem = fused_path_problem(q, k, v, attn_mask)
-    if problem is not None:
-        raise ValueError(f"flash_attention cannot run on these inputs: {problem}")
-    return fused_attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale,
-                           return_lse=return_lse, generator=generator, attn_mask=attn_mask,
-                           window=window, align=align, softcap=softcap,
-                           alibi_slopes=alibi_slopes, sinks=sinks)
+    mods = score_mods(q, k.shape[2], scale=scale, causal=causal, dropout_p=dropout_p,
+                      window=window, align=align, softcap=softcap, alibi_slopes=alibi_slopes,
+                      sinks=sinks, attn_mask=attn_mask)
+    require_fused_path("flash_attention", q, k, v, attn_mask)
+    return fused_attention(q, k, v, mods, generator=generator, return_lse=return_lse)
 
 
 def fused_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    mods: ScoreMods,
     *,
-    causal: bool,
-    dropout_p: float,
-    scale: float,
-    return_lse: bool = False,
+    packing: PackedSequences | None = None,
     generator: torch.Generator | None = None,
-    attn_mask: torch.Tensor | None = None,
-    window: tuple[int | None, int | None] | None = None,
-    align: str = "top_left",
-    softcap: float | None = None,
-    alibi_slopes: torch.Tensor | None = None,
-    sinks: torch.Tensor | None = None,
+    return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """``flash_attention`` on inputs its checks (``attention_ops.validation``) have passed,
-    with a float dropout_p and scale and a checked window: the entry the other public
-    functions call after checking."""
-    if attn_mask is not None:
-        attn_mask = expand_mask(attn_mask, q, k)
-    window_left, window_right = window if window is not None else (None, None)
-    options = ScoreOptions(scale, bool(causal), dropout_p, window_left, window_right,
-                           align == "bottom_right", softcap)
-    seed = draw_dropout_seed(q.device, generator) if dropout_p > 0.0 else None
+    """The fused kernels on inputs the public functions have checked, with their checked
+    ``mods``: dense q (B, Hq, Lq, D), k (B, Hkv, Lk, D), v (B, Hkv, Lk, Dv), or packed
+    (T, H, D) tensors cut by ``packing``. Returns out and, with ``return_lse``, the natural-log
+    LSE ((B, Hq, Lq), or (Hq, Tq) packed)."""
+    if mods.attn_mask is not None:  # read in place through zero strides
+        mods = mods.replace(attn_mask=mods.attn_mask.expand(*q.shape[:3], k.shape[2]))
+    if packing is not None and mods.alibi_slopes is not None:  # row n for sequence n
+        mods = mods.replace(alibi_slopes=mods.alibi_slopes.expand(packing.count, -1))
+    seed = draw_dropout_seed(q.device, generator) if mods.dropout_p > 0.0 else None
+    packed = (None, None, None) if packing is None else (
+        packing.cu_seqlens_q, packing.cu_seqlens_k, packing.max_seqlen)
     q, k, v = distinct_tensors(q, k, v)
-    out, lse = FlashAttentionFunction.apply(q, k, v, sinks, attn_mask, alibi_slopes, options,
-                                            seed)
-    return (out, lse * LN2) if return_lse else out
+    out, lse = AttentionFunction.apply(q, k, v, *packed, seed, *mods.fields())
+    return (out, lse) if return_lse else out

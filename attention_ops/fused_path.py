@@ -38,3 +38,11 @@ def fused_path_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if scale is not None and not (scale > 0.0 and math.isfinite(scale)):
         return f"scale {scale} (the fused kernel takes a finite positive scale)"
     return None
+
+
+def require_fused_path(function: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       attn_mask: torch.Tensor | None = None) -> None:
+    """Raise ValueError naming ``function`` where the fused kernel cannot run."""
+    problem = fused_path_problem(q, k, v, attn_mask)
+    if problem is not None:
+        raise ValueError(f"{function} cannot run on these inputs: {problem}")

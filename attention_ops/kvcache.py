@@ -6,17 +6,12 @@ from __future__ import annotations
 import torch
 
 from attention_ops import ops
-from attention_ops.fused_path import fused_path_problem
-from attention_ops.kernels import LN2
+from attention_ops.fused_path import require_fused_path
+from attention_ops.options import score_mods
 from attention_ops.validation import (
-    check_alibi_slopes,
     check_inference_only,
     check_kvcache_inputs,
     check_num_splits,
-    check_scale,
-    check_sinks,
-    check_softcap,
-    check_window,
 )
 
 
@@ -77,16 +72,11 @@ def flash_attention_with_kvcache(
     check_kvcache_inputs(q, k_cache, v_cache, cache_seqlens, block_table)
     check_inference_only(q=q, k_cache=k_cache, v_cache=v_cache, alibi_slopes=alibi_slopes,
                          sinks=sinks)
-    scale = check_scale(scale, q.shape[-1])
-    window, softcap = check_window(window), check_softcap(softcap)
-    check_alibi_slopes(alibi_slopes, q)
-    check_sinks(sinks, q)
+    mods = score_mods(q, k_cache.shape[2], scale=scale, causal=causal, window=window,
+                      align="bottom_right", softcap=softcap, alibi_slopes=alibi_slopes,
+                      sinks=sinks)
     num_splits = check_num_splits(num_splits)
-    problem = fused_path_problem(q, k_cache, v_cache)
-    if problem is not None:
-        raise ValueError(f"flash_attention_with_kvcache cannot run on these inputs: {problem}")
-    window_left, window_right = window if window is not None else (None, None)
-    out, lse = ops.flash_attention_with_kvcache(
-        q, k_cache, v_cache, cache_seqlens, block_table, alibi_slopes, sinks, scale,
-        bool(causal), window_left, window_right, softcap, num_splits)
-    return (out, lse * LN2) if return_lse else out
+    require_fused_path("flash_attention_with_kvcache", q, k_cache, v_cache)
+    out, lse = ops.attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table,
+                                          num_splits, *mods.fields())
+    return (out, ops.natural_lse(lse)) if return_lse else out

@@ -20,17 +20,8 @@ import torch
 from attention_ops import reference
 from attention_ops.flash import fused_attention
 from attention_ops.fused_path import fused_path_problem
-from attention_ops.validation import (
-    check_alibi_slopes,
-    check_align,
-    check_dropout_p,
-    check_mask,
-    check_scale,
-    check_sdpa_inputs,
-    check_sinks,
-    check_softcap,
-    check_window,
-)
+from attention_ops.options import ScoreMods, score_mods
+from attention_ops.validation import check_dropout_p, check_mask, check_sdpa_inputs
 
 # Computed in float32 on the eager path, as torch's math backend does.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -239,15 +230,15 @@ def _attend_with_non_finite_scale(
     bias = torch.zeros(visible.shape, device=q.device).masked_fill(~visible, float("-inf"))
     if attn_mask is not None and attn_mask.is_floating_point():
         bias = bias + attn_mask
-    return _eager(q * math.copysign(root, scale), k * root, v, attn_mask=bias, scale=1.0,
-                  dropout_p=dropout_p)
+    return _eager(q * math.copysign(root, scale), k * root, v,
+                  ScoreMods(1.0, dropout_p=dropout_p, attn_mask=bias))
 
 
-def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mods: ScoreMods) -> torch.Tensor:
     """The eager math in the input dtype, computed in float32 for half inputs as torch's math
     backend does."""
-    return reference.scaled_dot_product_attention(
-        q, k, v, compute_dtype=torch.float32 if q.dtype in HALF_DTYPES else None, **kwargs,
+    return reference.attention_from_mods(
+        q, k, v, mods, compute_dtype=torch.float32 if q.dtype in HALF_DTYPES else None,
     ).to(q.dtype)
 
 
@@ -272,7 +263,7 @@ def attend(
     Args:
         q: (B, Hq, Lq, D); k: (B, Hkv, Lk, D); v: (B, Hkv, Lk, Dv), Hkv dividing Hq, shapes
             already consistent (the callers check them).
-        attn_mask: None, or bool / float broadcastable to (B, Hq, Lq, Lk), already checked.
+        attn_mask: None, or bool / float broadcastable to (B, Hq, Lq, Lk).
         causal, dropout_p, scale, window, align, softcap, alibi_slopes, sinks: as in
             ``flash_attention`` (scale may be anything finite torch accepts: a scale the
             kernel does not take runs the eager path).
@@ -280,16 +271,11 @@ def attend(
     Returns:
         (B, Hq, Lq, Dv) in the input dtype.
     """
-    window, align, softcap = check_window(window), check_align(align), check_softcap(softcap)
-    check_alibi_slopes(alibi_slopes, q)
-    check_sinks(sinks, q)
     problem = fused_path_problem(q, k, v, attn_mask, scale)
-    modifiers = dict(window=window, align=align, softcap=softcap, alibi_slopes=alibi_slopes,
-                     sinks=sinks)
+    mods = score_mods(q, k.shape[2], scale=scale, causal=causal, dropout_p=dropout_p,
+                      window=window, align=align, softcap=softcap, alibi_slopes=alibi_slopes,
+                      sinks=sinks, attn_mask=attn_mask, fused=problem is None)
     if problem is None:
-        return fused_attention(q, k, v, causal=causal, dropout_p=dropout_p,
-                               scale=check_scale(scale, q.shape[-1]),  # torch's 1/sqrt(D)
-                               attn_mask=attn_mask, **modifiers)
+        return fused_attention(q, k, v, mods)
     _leave_fused_path(problem)
-    return _eager(q, k, v, causal=causal, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p,
-                  **modifiers)
+    return _eager(q, k, v, mods)

@@ -5,49 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from attention_ops import ops
-from attention_ops.dropout import draw_dropout_seed
-from attention_ops.flash import ScoreOptions, distinct_tensors
-from attention_ops.fused_path import fused_path_problem
-from attention_ops.kernels import LN2
+from attention_ops.flash import fused_attention
+from attention_ops.fused_path import require_fused_path
+from attention_ops.kernels import PackedSequences
+from attention_ops.options import score_mods
 from attention_ops.validation import (
-    check_alibi_slopes,
-    check_align,
     check_cu_seqlens,
-    check_dropout_p,
     check_max_seqlen,
     check_packed_inputs,
-    check_scale,
-    check_sinks,
-    check_softcap,
-    check_window,
 )
-
-
-class VarlenAttentionFunction(torch.autograd.Function):
-    """Packed attention with a fused backward, on checked inputs. Its LSE output is base 2."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, sinks, alibi_slopes, cu_seqlens_q, cu_seqlens_k, max_seqlen,
-                options, seed):
-        out, lse = ops.flash_attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k,
-                                                  max_seqlen, seed, alibi_slopes, sinks,
-                                                  *options)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed,
-                              alibi_slopes, sinks)
-        ctx.max_seqlen, ctx.options = max_seqlen, options
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed, alibi_slopes, sinks = (
-            ctx.saved_tensors)
-        dq, dk, dv, dsinks = ops.flash_attention_varlen_bwd(
-            dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, ctx.max_seqlen, seed,
-            alibi_slopes, sinks, *ctx.options)
-        dsinks = None if sinks is None else dsinks.to(sinks.dtype)
-        return dq, dk, dv, dsinks, None, None, None, None, None, None
 
 
 def flash_attention_varlen(
@@ -113,24 +79,12 @@ def flash_attention_varlen(
     hints = [hint for hint in (check_max_seqlen("max_seqlen_q", max_seqlen_q),
                                check_max_seqlen("max_seqlen_k", max_seqlen_k))
              if hint is not None]
-    max_seqlen = max(hints) if hints else None
-    dropout_p = check_dropout_p(dropout_p)
-    scale = check_scale(scale, q.shape[-1])
-    window, align, softcap = check_window(window), check_align(align), check_softcap(softcap)
     heads_first_q = q.permute(1, 0, 2).unsqueeze(0)  # (1, Hq, Tq, D): B = 1 for the checks
-    n_seqs = cu_seqlens_q.shape[0] - 1
-    check_alibi_slopes(alibi_slopes, heads_first_q, sequences=n_seqs)
-    check_sinks(sinks, heads_first_q)
-    problem = fused_path_problem(q, k, v)
-    if problem is not None:
-        raise ValueError(f"flash_attention_varlen cannot run on these inputs: {problem}")
-    if alibi_slopes is not None:  # the kernels read row n for sequence n
-        alibi_slopes = alibi_slopes.expand(n_seqs, -1)
-    window_left, window_right = window if window is not None else (None, None)
-    options = ScoreOptions(scale, bool(causal), dropout_p, window_left, window_right,
-                           align == "bottom_right", softcap)
-    seed = draw_dropout_seed(q.device, generator) if dropout_p > 0.0 else None
-    q, k, v = distinct_tensors(q, k, v)
-    out, lse = VarlenAttentionFunction.apply(q, k, v, sinks, alibi_slopes, cu_seqlens_q,
-                                             cu_seqlens_k, max_seqlen, options, seed)
-    return (out, lse * LN2) if return_lse else out
+    mods = score_mods(heads_first_q, k.shape[0], scale=scale, causal=causal,
+                      dropout_p=dropout_p, window=window, align=align, softcap=softcap,
+                      alibi_slopes=alibi_slopes, sinks=sinks,
+                      sequences=cu_seqlens_q.shape[0] - 1)
+    require_fused_path("flash_attention_varlen", q, k, v)
+    packing = PackedSequences(cu_seqlens_q, cu_seqlens_k, max(hints) if hints else None)
+    return fused_attention(q, k, v, mods, packing=packing, generator=generator,
+                           return_lse=return_lse)

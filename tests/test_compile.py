@@ -8,6 +8,7 @@ from seeding import generator
 
 import attention_ops as ao
 from attention_ops import ops
+from attention_ops.options import ScoreMods
 
 
 @pytest.fixture(autouse=True)
@@ -104,26 +105,29 @@ def test_new_sequence_lengths_reuse_one_dynamic_graph():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
-@pytest.mark.parametrize("case", ["causal", "dropout-mask", "modifiers"])
+@pytest.mark.parametrize("case", ["causal", "dropout-mask", "modifiers", "packed"])
 def test_custom_ops_pass_opcheck(case):
-    # The ops are not differentiable themselves (FlashAttentionFunction owns the backward),
+    # The ops are not differentiable themselves (AttentionFunction owns the backward),
     # so inputs do not require grad; the compiled backward tests above cover autograd.
     # GQA and a length of 9: one partial tile, kept small as opcheck runs each op ~10 times.
     q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 24)
     seed = ao.draw_dropout_seed(q.device) if case == "dropout-mask" else None
+    packing = (None, None, None)
     mask = (torch.arange(9) >= torch.tensor([[[[0]]], [[[3]]]])).expand(2, 4, 9, 9)
-    tensors = {  # attn_mask, alibi_slopes, sinks
-        "causal": (None, None, None),
-        "dropout-mask": (mask, None, None),
-        "modifiers": (torch.randn(9, 9).expand(2, 4, 9, 9), torch.rand(4), torch.randn(4)),
+    mods = {
+        "causal": ScoreMods(0.25, causal=True),
+        "dropout-mask": ScoreMods(0.25, dropout_p=0.25, attn_mask=mask),
+        "modifiers": ScoreMods(0.25, causal=True, window_left=3, bottom_right=True,
+                               softcap=5.0, attn_mask=torch.randn(9, 9).expand(2, 4, 9, 9),
+                               alibi_slopes=torch.rand(4), sinks=torch.randn(4)),
+        "packed": ScoreMods(0.25, causal=True, sinks=torch.randn(4)),
     }[case]
-    scalars = {  # scale, causal, dropout_p, window_left, window_right, bottom_right, softcap
-        "causal": (0.25, True, 0.0, None, None, False, None),
-        "dropout-mask": (0.25, False, 0.25, None, None, False, None),
-        "modifiers": (0.25, True, 0.0, 3, None, True, 5.0),
-    }[case]
-    fwd_args = (q, k, v, seed, *tensors, *scalars)
-    torch.library.opcheck(ops.flash_attention_fwd, fwd_args)
-    out, lse = ops.flash_attention_fwd(*fwd_args)
-    torch.library.opcheck(ops.flash_attention_bwd, (torch.randn_like(out), q, k, v, out, lse,
-                                                   *fwd_args[3:]))
+    if case == "packed":  # the two batch rows as two packed sequences of 9 tokens
+        q, k, v = (t.transpose(1, 2).flatten(0, 1) for t in (q, k, v))
+        cu_seqlens = torch.tensor([0, 9, 18], dtype=torch.int32)
+        packing = (cu_seqlens, cu_seqlens, 9)
+    fwd_args = (q, k, v, *packing, seed, *mods.fields())
+    torch.library.opcheck(ops.attention_fwd, fwd_args)
+    out, lse = ops.attention_fwd(*fwd_args)
+    torch.library.opcheck(ops.attention_bwd, (torch.randn_like(out), q, k, v, out, lse,
+                                              *fwd_args[3:]))

@@ -324,9 +324,9 @@ def torch_default_scale(head_dim: int) -> float:
 def test_default_scale_is_torchs_to_the_last_bit(head_dim, monkeypatch):
     scales = []
 
-    def recording_fused_attention(*args, scale, **kwargs):
-        scales.append(scale)
-        return fused_attention(*args, scale=scale, **kwargs)
+    def recording_fused_attention(q, k, v, mods, **kwargs):
+        scales.append(mods.scale)
+        return fused_attention(q, k, v, mods, **kwargs)
 
     fused_attention = sdpa_module.fused_attention
     monkeypatch.setattr(sdpa_module, "fused_attention", recording_fused_attention)

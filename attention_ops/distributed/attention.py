@@ -25,19 +25,11 @@ import torch.nn.functional as F
 from attention_ops.distributed.layout import SequenceLayout
 from attention_ops.distributed.ring import Ring
 from attention_ops.dropout import draw_dropout_seed
-from attention_ops.fused_path import fused_path_problem
-from attention_ops.kernels import (
-    LN2,
-    DropoutStream,
-    ScoreMods,
-    attention_backward,
-    attention_forward,
-)
-from attention_ops.validation import (
-    check_attention_inputs,
-    check_dropout_p,
-    check_scale,
-)
+from attention_ops.fused_path import require_fused_path
+from attention_ops.kernels import LN2, DropoutStream, attention_backward, attention_forward
+from attention_ops.ops import natural_lse
+from attention_ops.options import ScoreMods, score_mods
+from attention_ops.validation import check_attention_inputs
 
 
 class ChunkPair(NamedTuple):
@@ -66,9 +58,7 @@ class RingPlan:
 
     layout: SequenceLayout
     chunk: int
-    causal: bool
-    scale: float
-    dropout_p: float
+    mods: ScoreMods  # the call's; each launch sets causal for its pair
     seed: torch.Tensor | None
 
     def pairs(self, rank: int, source: int) -> list[ChunkPair]:
@@ -77,17 +67,16 @@ class RingPlan:
         inside (equal lengths, so top-left is the diagonal) and an earlier one is full."""
         return [
             ChunkPair(i * self.chunk, j * self.chunk, q * self.chunk, k * self.chunk,
-                      self.chunk, self.causal and k == q)
+                      self.chunk, self.mods.causal and k == q)
             for i, q in enumerate(self.layout.chunks(rank))
             for j, k in enumerate(self.layout.chunks(source))
-            if not (self.causal and k > q)
+            if not (self.mods.causal and k > q)
         ]
 
     def kernel_args(self, pair: ChunkPair) -> dict:
         """Keywords of ``attention_forward`` / ``attention_backward`` for ``pair``."""
         seqlen = self.chunk * self.layout.n_chunks
-        return dict(scale=self.scale, dropout_p=self.dropout_p, seed=self.seed,
-                    mods=ScoreMods(causal=pair.diagonal),
+        return dict(seed=self.seed, mods=self.mods.replace(causal=pair.diagonal),
                     dropout_stream=DropoutStream(seqlen, pair.q_start, seqlen, pair.k_start))
 
 
@@ -244,20 +233,16 @@ def ring_attention(
         >>> out = ring_attention(q, k, v, causal=True)   # this rank's shard of the output
     """
     check_attention_inputs(q, k, v)
-    dropout_p = check_dropout_p(dropout_p)
-    scale = check_scale(scale, q.shape[-1])
+    mods = score_mods(q, k.shape[2], scale=scale, causal=causal, dropout_p=dropout_p)
     if q.shape[2] != k.shape[2]:
         raise ValueError(f"ring_attention shards one sequence: q has {q.shape[2]} local "
                          f"tokens, k and v {k.shape[2]}")
-    problem = fused_path_problem(q, k, v)
-    if problem is not None:
-        raise ValueError(f"ring_attention cannot run on these inputs: {problem}")
+    require_fused_path("ring_attention", q, k, v)
     ring = Ring(group, "ring_attention")
     order = SequenceLayout(layout, ring.world)
     chunk = order.shard_chunk_length(q.shape[2])
     seed = None
-    if dropout_p > 0.0:
+    if mods.dropout_p > 0.0:
         seed = ring.broadcast_first(draw_dropout_seed(q.device, generator))
-    plan = RingPlan(order, chunk, bool(causal), scale, dropout_p, seed)
-    out, lse = RingAttentionFunction.apply(q, k, v, ring, plan)
-    return (out, lse * LN2) if return_lse else out
+    out, lse = RingAttentionFunction.apply(q, k, v, ring, RingPlan(order, chunk, mods, seed))
+    return (out, natural_lse(lse)) if return_lse else out

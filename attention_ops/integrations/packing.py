@@ -14,31 +14,20 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from attention_ops.fused_path import fused_path_problem
+from attention_ops.kernels import PackedSequences
 from attention_ops.sdpa import attend
 from attention_ops.varlen import flash_attention_varlen
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Packing:
-    """Sequence n is query tokens cu_seqlens_q[n]:cu_seqlens_q[n+1] of the flattened batch
-    with key tokens cu_seqlens_k[n]:cu_seqlens_k[n+1]; int32 (N + 1,) on the batch's device.
-    ``max_seqlen``: the longest sequence where known (it only picks the autotuning bucket)."""
-
-    cu_seqlens_q: torch.Tensor
-    cu_seqlens_k: torch.Tensor
-    max_seqlen: int | None = None
-
-
-def padded_batch(padding: torch.Tensor, q_length: int) -> Packing:
+def padded_batch(padding: torch.Tensor, q_length: int) -> PackedSequences:
     """The packing of a padded batch, with no host read.
 
     Args:
@@ -69,8 +58,8 @@ def padded_batch(padding: torch.Tensor, q_length: int) -> Packing:
                           q_gaps[-1:], zero[:1]])
     k_counts = torch.cat([torch.stack([zero, k_gaps[:-1], real], -1).flatten(),
                           zero[:1], k_gaps[-1:]])
-    return Packing(*(F.pad(c.cumsum(0, dtype=torch.int32), (1, 0)) for c in (q_counts, k_counts)),
-                   max_seqlen=seqlen)
+    cu_q, cu_k = (F.pad(c.cumsum(0, dtype=torch.int32), (1, 0)) for c in (q_counts, k_counts))
+    return PackedSequences(cu_q, cu_k, max_seqlen=seqlen)
 
 
 def _pad_runs(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -98,7 +87,7 @@ def memoized_per_tensor(fn: Callable[[torch.Tensor], T]) -> Callable[[torch.Tens
 
 
 @memoized_per_tensor
-def packed_documents(position_ids: torch.Tensor) -> Packing:
+def packed_documents(position_ids: torch.Tensor) -> PackedSequences:
     """The packing of rows of documents laid end to end, each numbered from its first position.
 
     A document starts at each row's first token and wherever a position is not the previous
@@ -116,13 +105,11 @@ def packed_documents(position_ids: torch.Tensor) -> Packing:
     starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
     cu = F.pad(starts.flatten().nonzero().flatten(), (0, 1), value=starts.numel())
     cu = cu.to(torch.int32)
-    return Packing(cu, cu, int((cu[1:] - cu[:-1]).max()))
+    return PackedSequences(cu, cu, int((cu[1:] - cu[:-1]).max()))
 
 
-def attend_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, *,
-                  causal: bool, window: tuple[int, int] | None, dropout_p: float,
-                  scale: float | None, softcap: float | None,
-                  sinks: torch.Tensor | None) -> torch.Tensor:
+def attend_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: PackedSequences,
+                  **options) -> torch.Tensor:
     """Each sequence of ``packing`` attending to itself, bottom-right aligned.
 
     Inputs the fused kernel takes run ``flash_attention_varlen``; others (float64, CPU tensors
@@ -132,15 +119,15 @@ def attend_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Pa
     Args:
         q: (Tq, Hq, D) the flattened batch's queries; k: (Tk, Hkv, D); v: (Tk, Hkv, Dv).
         packing: the sequences.
-        causal, window, dropout_p, scale, softcap, sinks: as in ``flash_attention``.
+        options: the score keywords of ``flash_attention_varlen`` but ``align`` (causal,
+            window, dropout_p, scale, softcap, sinks, ...).
 
     Returns:
         (Tq, Hq, Dv); zeros for a query whose sequence has no keys.
     """
-    options = dict(causal=causal, window=window, dropout_p=dropout_p, scale=scale,
-                   softcap=softcap, sinks=sinks, align="bottom_right")
+    options = dict(options, align="bottom_right")
     hq, hk, hv = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, H, T, D) views
-    if fused_path_problem(hq, hk, hv, scale=scale) is None:
+    if fused_path_problem(hq, hk, hv, scale=options.get("scale")) is None:
         return flash_attention_varlen(q, k, v, packing.cu_seqlens_q, packing.cu_seqlens_k,
                                       max_seqlen_q=packing.max_seqlen,
                                       max_seqlen_k=packing.max_seqlen, **options)
