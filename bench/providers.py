@@ -168,15 +168,12 @@ class Sdpa(Provider):
         return None
 
 
-def _causal_mask_mod(b, h, q_idx, kv_idx):
-    return q_idx >= kv_idx
-
-
-def _sliding_window_mask_mod(window: int):
-    """FlexAttention's mask_mod of a causal sliding window: i - window <= j <= i."""
+def _causal_mask_mod(window: tuple[int, int] | None):
+    """FlexAttention's mask_mod of causal attention, within ``window`` (the case's
+    ``window_arg``: i - W <= j <= i) when given."""
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
+        return reference.visible_keys(q_idx, kv_idx, causal=True, window=window)
 
     return mask_mod
 
@@ -199,9 +196,8 @@ def flex_modifiers(case: Case) -> dict[str, object]:
         return {"enable_gqa": case.h_kv != case.h}
     mods: dict[str, object] = {}
     if case.causal:
-        mask_mod = (_causal_mask_mod if case.window is None
-                    else _sliding_window_mask_mod(case.window))
-        mods["block_mask"] = create_block_mask(mask_mod, None, None, case.n, case.n,
+        mods["block_mask"] = create_block_mask(_causal_mask_mod(case.window_arg), None, None,
+                                               case.n, case.n,
                                                device=case.device)
     if case.softcap is not None:
         mods["score_mod"] = _softcap_score_mod(case.softcap)

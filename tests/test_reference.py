@@ -1,12 +1,15 @@
 """The eager reference: the teaching text's values, SDPA's semantics, and exact gradients."""
 
+import itertools
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from attention_ops import reference
+from attention_ops import reference, validation
 
 # "Your journey starts with one step", 3-d embeddings from the teaching text.
 INPUTS = torch.tensor(
@@ -478,13 +481,205 @@ def test_bad_modifier_values_raise_value_error_naming_the_argument(kwargs, messa
 
 
 def test_check_helpers_return_normalised_values():
-    assert reference.check_window((3, None)) == (3, None)
-    assert reference.check_window([0, 2]) == (0, 2)
-    assert reference.check_window((None, None)) is None
-    assert reference.check_window(None) is None
-    assert reference.check_align("bottom_right") == "bottom_right"
-    assert reference.check_softcap(30) == 30.0 and reference.check_softcap(None) is None
+    assert validation.check_window((3, None)) == (3, None)
+    assert validation.check_window([0, 2]) == (0, 2)
+    assert validation.check_window((None, None)) is None
+    assert validation.check_window(None) is None
+    assert validation.check_align("bottom_right") == "bottom_right"
+    assert validation.check_softcap(30) == 30.0 and validation.check_softcap(None) is None
     q = randn(2, 3, 4, 5, dtype=torch.float16)
-    reference.check_alibi_slopes(torch.rand(2, 3), q)
-    reference.check_sinks(torch.rand(3, dtype=torch.float16), q)
-    reference.check_sinks(torch.rand(3, dtype=torch.float64), q, any_float_dtype=True)
+    validation.check_alibi_slopes(torch.rand(2, 3), q)
+    validation.check_sinks(torch.rand(3, dtype=torch.float16), q)
+    validation.check_sinks(torch.rand(3, dtype=torch.float64), q, any_float_dtype=True)
+
+
+def test_importing_the_reference_loads_no_triton():
+    code = ("import sys, attention_ops.reference; "
+            "print([m for m in sys.modules if m == 'triton' or m.startswith('triton.')])")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]", f"import attention_ops.reference loads {loaded}"
+
+
+# The per-sequence references against scaled_dot_product_attention run on each sequence (or
+# each cache row) alone: empty sequences, Lq != Lk both ways, grouped heads, Dv != D.
+
+SEQUENCES = [(3, 5), (0, 2), (4, 4), (2, 0), (5, 3)]  # (query length, key length)
+
+
+def _cumulative(lengths):
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+
+
+def packed_problem():
+    """q (Tq, 4, 3), k (Tk, 2, 3), v (Tk, 2, 2) and the cumulative lengths of SEQUENCES."""
+    lengths_q, lengths_k = zip(*SEQUENCES, strict=True)
+    return (randn(sum(lengths_q), 4, 3), randn(sum(lengths_k), 2, 3), randn(sum(lengths_k), 2, 2),
+            _cumulative(lengths_q), _cumulative(lengths_k))
+
+
+def each_sequence_rows(q, k, v):
+    """Each sequence's (1, H, L, D) q, k, v."""
+    q0, k0 = 0, 0
+    for lq, lk in SEQUENCES:
+        yield tuple(t.transpose(0, 1)[None]
+                    for t in (q[q0:q0 + lq], k[k0:k0 + lk], v[k0:k0 + lk]))
+        q0, k0 = q0 + lq, k0 + lk
+
+
+def assert_varlen_matches_each_sequence(problem, slopes_per_sequence=None, **options):
+    """varlen_attention against the dense reference on every sequence alone, sequence n
+    taking row n of ``slopes_per_sequence`` in place of ``alibi_slopes``."""
+    q, k, v, cu_q, cu_k = problem
+    out, lse = reference.varlen_attention(q, k, v, cu_q, cu_k, return_lse=True, **options)
+    options.pop("alibi_slopes", None)
+    expected = [reference.scaled_dot_product_attention(
+        *rows, return_lse=True, **options,
+        **({} if slopes_per_sequence is None else {"alibi_slopes": slopes_per_sequence[n]}))
+        for n, rows in enumerate(each_sequence_rows(q, k, v))]
+    assert out.shape == (q.shape[0], q.shape[1], v.shape[2]) and lse.shape == q.shape[1::-1]
+    torch.testing.assert_close(out, torch.cat([o[0].transpose(0, 1) for o, _ in expected]))
+    torch.testing.assert_close(lse, torch.cat([e[0] for _, e in expected], dim=1))
+
+
+def test_varlen_sequences_attend_only_to_themselves():
+    assert_varlen_matches_each_sequence(packed_problem())
+
+
+@pytest.mark.parametrize("align", ["top_left", "bottom_right"])
+@pytest.mark.parametrize("options", [{"causal": True}, {"window": (1, 1)},
+                                     {"causal": True, "window": (2, None)}],
+                         ids=["causal", "window", "causal-window"])
+def test_varlen_diagonal_comes_from_each_sequences_own_lengths(options, align):
+    assert_varlen_matches_each_sequence(packed_problem(), align=align, **options)
+
+
+def test_varlen_alibi_slopes_take_a_row_per_sequence():
+    slopes = torch.rand(len(SEQUENCES), 4, dtype=torch.float64)
+    assert_varlen_matches_each_sequence(packed_problem(), slopes_per_sequence=slopes,
+                                        alibi_slopes=slopes, align="bottom_right")
+
+
+@pytest.mark.parametrize("shape", [(4,), (1, 4)])
+def test_varlen_alibi_slopes_of_one_row_serve_every_sequence(shape):
+    slopes = torch.rand(shape, dtype=torch.float64)
+    assert_varlen_matches_each_sequence(packed_problem(), slopes_per_sequence=slopes.expand(
+        len(SEQUENCES), 4), alibi_slopes=slopes)
+
+
+def test_varlen_softcap_sinks_and_scale_apply_per_sequence():
+    assert_varlen_matches_each_sequence(packed_problem(), causal=True, softcap=0.7,
+                                        sinks=randn(4), scale=1.9)
+
+
+def test_varlen_keep_mask_is_the_dense_masks_slice_with_keys_counted_per_sequence():
+    q, k, v, cu_q, cu_k = packed_problem()
+    keep = torch.rand(1, 4, q.shape[0], k.shape[0]) > 0.4
+    out = reference.varlen_attention(q, k, v, cu_q, cu_k, dropout_p=0.4, keep_mask=keep)
+    expected, q0 = [], 0
+    for (lq, lk), rows in zip(SEQUENCES, each_sequence_rows(q, k, v), strict=True):
+        expected.append(reference.scaled_dot_product_attention(
+            *rows, dropout_p=0.4, keep_mask=keep[:, :, q0:q0 + lq, :lk])[0].transpose(0, 1))
+        q0 += lq
+    torch.testing.assert_close(out, torch.cat(expected))
+
+
+def test_varlen_queries_of_a_sequence_without_keys_give_zeros():
+    q, k, v, cu_q, cu_k = packed_problem()
+    out, lse = reference.varlen_attention(q, k, v, cu_q, cu_k, return_lse=True)
+    keyless = slice(7, 9)  # sequence 3: 2 queries, 0 keys
+    assert torch.equal(out[keyless], torch.zeros_like(out[keyless]))
+    assert torch.isneginf(lse[:, keyless]).all() and torch.isfinite(out).all()
+
+
+def test_varlen_cumulative_lengths_that_miss_the_token_count_raise():
+    q, k, v, cu_q, cu_k = packed_problem()
+    with pytest.raises(ValueError, match="cu_seqlens_q must end at the token count"):
+        reference.varlen_attention(q[:-1], k, v, cu_q, cu_k)
+
+
+CACHE_LENGTHS = [8, 0, 3, 1]  # a full cache, an empty row, fewer keys than queries, one key
+
+
+def cache_problem(queries=2, capacity=8):
+    """q (B, 4, Lq, 3), caches (B, 2, capacity, 3 | 2) and the int32 CACHE_LENGTHS."""
+    rows = len(CACHE_LENGTHS)
+    return (randn(rows, 4, queries, 3), randn(rows, 2, capacity, 3), randn(rows, 2, capacity, 2),
+            torch.tensor(CACHE_LENGTHS, dtype=torch.int32))
+
+
+def each_cache_row(q, k, v, slopes=None, causal=True, **options):
+    """(out, lse) of the dense reference on each row's first n keys, bottom-right aligned."""
+    results = [reference.scaled_dot_product_attention(
+        q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], causal=causal, align="bottom_right",
+        return_lse=True, **options, **({} if slopes is None else {"alibi_slopes": slopes[b]}))
+        for b, n in enumerate(CACHE_LENGTHS)]
+    return tuple(torch.cat(parts) for parts in zip(*results, strict=True))
+
+
+@pytest.mark.parametrize("queries", [1, 2], ids=["decode", "speculative"])
+def test_kvcache_queries_are_the_last_positions_of_each_rows_valid_keys(queries):
+    q, k, v, lengths = cache_problem(queries)
+    got = reference.kvcache_attention(q, k, v, lengths, return_lse=True)
+    for name, a, b in zip(("out", "lse"), got, each_cache_row(q, k, v), strict=True):
+        torch.testing.assert_close(a, b, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_kvcache_without_causal_sees_every_valid_key():
+    q, k, v, lengths = cache_problem(3)
+    torch.testing.assert_close(reference.kvcache_attention(q, k, v, lengths, causal=False),
+                               each_cache_row(q, k, v, causal=False)[0])
+
+
+def test_kvcache_score_options_apply_per_row():
+    q, k, v, lengths = cache_problem(3)
+    slopes = torch.rand(len(CACHE_LENGTHS), 4, dtype=torch.float64)
+    options = dict(window=(1, 0), softcap=0.8, sinks=randn(4), scale=1.3)
+    torch.testing.assert_close(
+        reference.kvcache_attention(q, k, v, lengths, alibi_slopes=slopes, **options),
+        each_cache_row(q, k, v, slopes=slopes, **options)[0])
+
+
+def test_kvcache_row_without_keys_gives_zeros():
+    q, k, v, lengths = cache_problem()
+    out, lse = reference.kvcache_attention(q, k, v, lengths, return_lse=True)
+    assert torch.equal(out[1], torch.zeros_like(out[1])) and torch.isneginf(lse[1]).all()
+
+
+def test_kvcache_paged_cache_reads_each_row_through_its_block_table():
+    q, k, v, lengths = cache_problem(capacity=8)
+    order = torch.randperm(4 * 4)  # 4 rows of 4 blocks of 2 keys, shuffled over the pool
+    table = order.view(4, 4).to(torch.int32)
+
+    def paged(cache):
+        pool = torch.empty(16, 2, 2, cache.shape[-1], dtype=cache.dtype)
+        pool[order] = cache.view(4, 2, 4, 2, -1).transpose(1, 2).flatten(0, 1)
+        return pool
+
+    torch.testing.assert_close(
+        reference.kvcache_attention(q, paged(k), paged(v), lengths, block_table=table),
+        reference.kvcache_attention(q, k, v, lengths), rtol=0, atol=0)
+
+
+def test_kvcache_lengths_past_the_capacity_raise():
+    q, k, v, lengths = cache_problem(capacity=8)
+    with pytest.raises(ValueError, match=r"cache_seqlens must hold 4 lengths in \[0, 8\]"):
+        reference.kvcache_attention(q, k, v, lengths + 2)
+
+
+def test_visibility_mask_with_key_counts_places_each_rows_diagonal_from_its_count():
+    counts = torch.tensor([6, 0, 2])
+    for align in ("top_left", "bottom_right"):
+        mask = reference.visibility_mask(3, 6, causal=True, window=(1, None), align=align,
+                                         key_counts=counts)
+        for row, n in enumerate(counts.tolist()):
+            own = reference.visibility_mask(3, n, causal=True, window=(1, None), align=align)
+            expected = torch.zeros(3, 6, dtype=torch.bool)
+            expected[:, :n] = own
+            assert torch.equal(mask[row], expected), (align, row)
+
+
+def test_visible_keys_takes_windows_wider_than_any_index():
+    diagonals, keys = torch.arange(4)[:, None], torch.arange(5)
+    assert torch.equal(reference.visible_keys(diagonals, keys, window=(2**80, 0)),
+                       reference.visible_keys(diagonals, keys, causal=True))

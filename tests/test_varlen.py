@@ -9,7 +9,7 @@ from numerics import assert_matches_reference, max_score_of
 from seeding import generator
 
 import attention_ops as ao
-from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
+from attention_ops.reference import varlen_attention
 
 pytestmark = pytest.mark.usefixtures("nan_poisoned_outputs")
 
@@ -34,27 +34,6 @@ def heads_first(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(0, 1).unsqueeze(0)
 
 
-def each_sequence_alone(lengths, keep_mask=None, **options):
-    """The reference: every sequence through the eager reference on its own, packed back
-    (with (N, Hq) ALiBi slopes, sequence n takes row n)."""
-    cu_q, cu_k = cu_seqlens([lq for lq, _ in lengths]), cu_seqlens([lk for _, lk in lengths])
-
-    def reference(q, k, v, **extra):
-        outs = []
-        for n in range(len(lengths)):
-            rows, cols = slice(cu_q[n], cu_q[n + 1]), slice(cu_k[n], cu_k[n + 1])
-            keep = None if keep_mask is None else keep_mask[:, :, rows, :cols.stop - cols.start]
-            slopes = options.get("alibi_slopes")
-            own = {} if slopes is None or slopes.dim() == 1 else {"alibi_slopes": slopes[n]}
-            out = reference_sdpa(heads_first(q[rows]), heads_first(k[cols]),
-                                 heads_first(v[cols]), keep_mask=keep, **{**options, **own},
-                                 **extra)
-            outs.append(out[0].transpose(0, 1))
-        return torch.cat(outs)
-
-    return reference
-
-
 def check(lengths, q, k, v, sinks=None, **options):
     cu_q, cu_k = (cu_seqlens([pair[i] for pair in lengths]).to(q.device) for i in (0, 1))
 
@@ -62,10 +41,10 @@ def check(lengths, q, k, v, sinks=None, **options):
         return ao.flash_attention_varlen(q, k, v, cu_q, cu_k, sinks=s[0] if s else None,
                                          **options)
 
-    assert_matches_reference(fused, q, k, v, sinks=sinks,
-                             reference_fn=each_sequence_alone(lengths, **options),
+    assert_matches_reference(fused, q, k, v, sinks=sinks, reference_fn=varlen_attention,
                              max_score=max_score_of(heads_first(q), heads_first(k),
-                                                    options.get("scale")))
+                                                    options.get("scale")),
+                             cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, **options)
 
 
 @pytest.mark.parametrize("options", [
@@ -115,8 +94,8 @@ def test_dropout_is_reproducible_and_keyed_by_global_token_positions(device):
     assert torch.equal(fused(q, k, v), fused(q, k, v))
     assert_matches_reference(fused, q, k, v, max_score=max_score_of(heads_first(q),
                                                                     heads_first(k), None),
-                             reference_fn=each_sequence_alone(lengths, keep_mask=keep,
-                                                              causal=True, dropout_p=0.3))
+                             reference_fn=varlen_attention, cu_seqlens_q=cu_q,
+                             cu_seqlens_k=cu_k, keep_mask=keep, causal=True, dropout_p=0.3)
 
 
 def test_a_single_sequence_draws_the_dense_dropout_mask(device):

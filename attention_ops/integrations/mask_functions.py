@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from attention_ops.reference import visible_keys
+
 MaskFunction = Callable[..., torch.Tensor]
 
 # Elements evaluated at once by an exhaustive check: bounds its memory on long rows.
@@ -22,7 +24,7 @@ _CHUNK_ELEMENTS = 1 << 24
 
 def causal_mask(batch_idx, head_idx, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
     """The plain causal mask function: a query sees its own and earlier positions."""
-    return kv_idx <= q_idx
+    return visible_keys(q_idx, kv_idx, causal=True)
 
 
 def _evaluate(mask_function: MaskFunction, batch: torch.Tensor, q_idx: torch.Tensor,
@@ -37,10 +39,9 @@ def _evaluate(mask_function: MaskFunction, batch: torch.Tensor, q_idx: torch.Ten
 
 
 def _expected(q_idx: torch.Tensor, kv_idx: torch.Tensor, window: int | None) -> torch.Tensor:
-    seen = kv_idx <= q_idx
-    if window is not None:
-        seen = seen & (kv_idx > q_idx - window)
-    return seen
+    """The rule at (q_idx, kv_idx) positions: causal, within the last ``window`` keys."""
+    return visible_keys(q_idx, kv_idx, causal=True,
+                        window=None if window is None else (window - 1, 0))
 
 
 def follows_causal_rule_at_band_edges(mask_function: MaskFunction, batch_size: int,

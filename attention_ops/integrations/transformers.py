@@ -54,12 +54,12 @@ from attention_ops.integrations.mask_functions import (
     positions_in_documents,
 )
 from attention_ops.integrations.packing import (
-    Packing,
     attend_packed,
     memoized_per_tensor,
     packed_documents,
     padded_batch,
 )
+from attention_ops.kernels import PackedSequences
 from attention_ops.kvcache import flash_attention_with_kvcache
 from attention_ops.sdpa import _leave_fused_path, attend
 from attention_ops.validation import (
@@ -172,15 +172,15 @@ def attention_forward(
     dropout = check_dropout_p(dropout)
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
+    options = dict(dropout_p=dropout, scale=scaling, softcap=softcap, sinks=s_aux)
     rule = getattr(attention_mask, _RULE, None)
     if rule is not None:  # handed over by create_attention_mask: it knows the window
         sliding_window = rule.window
         if rule.padded and attention_mask.shape[-1] != key.shape[2]:
             return _attend_with_mismatched_padding(query, key, value, attention_mask, rule,
-                                                   is_causal, dropout, scaling, softcap, s_aux)
+                                                   is_causal, options)
         if not rule.padded and attention_mask.dtype == torch.bool:  # only carries the window
             attention_mask = None
-    options = dict(dropout_p=dropout, scale=scaling, softcap=softcap, sinks=s_aux)
     packing = _packing(query, key, attention_mask, kwargs)
     if packing is not None:
         out = attend_packed(*(_tokens(t) for t in (query, key, value)), packing,
@@ -207,31 +207,31 @@ def attention_forward(
 
 def _attend_with_mismatched_padding(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding: torch.Tensor,
-    rule: _Rule, is_causal: bool, dropout: float, scaling: float | None,
-    softcap: float | None, sinks: torch.Tensor | None,
+    rule: _Rule, is_causal: bool, options: dict,
 ) -> tuple[torch.Tensor, None]:
     """A padding mask handed over for a different number of keys than the layer has (a model
     whose cache reports another layer's sizes): the eager path with the boolean mask
     transformers would have built from it, broadcast as "sdpa" and "eager" broadcast it;
-    ``FusedPathUnavailableError`` in strict mode."""
+    ``FusedPathUnavailableError`` in strict mode.
+
+    Args:
+        query: (B, Hq, L, D); key: (B, Hkv, S, D); value: (B, Hkv, S, Dv).
+        padding: the handed-over bool (B, S') padding mask, S' != S (1 broadcasts).
+        rule: what ``padding`` stands for (its window).
+        options: the call's dropout_p, scale, softcap and sinks, reference keywords.
+    """
     _leave_fused_path(f"the attention mask covers {padding.shape[-1]} keys, the layer "
                       f"{key.shape[2]}; it is read as transformers' (B, 1, L, "
                       f"{padding.shape[-1]}) mask")
-    q_length, kv_length = query.shape[2], padding.shape[-1]
-    diagonal = torch.arange(q_length, device=query.device)[:, None] + kv_length - q_length
-    keys = torch.arange(kv_length, device=query.device)
-    visible = padding[:, None, None, :].expand(-1, 1, q_length, -1)
-    if is_causal:
-        visible = visible & (keys <= diagonal)
-        if rule.window is not None:
-            visible = visible & (keys > diagonal - rule.window)
-    group = query.shape[1] // key.shape[1]
-    key, value = (t.repeat_interleave(group, dim=1) for t in (key, value))
+    visible = padding[:, None, None, :]  # (B, 1, 1, S')
+    if is_causal:  # the band over the mask's S' keys, the queries the last of them
+        visible = visible & reference.visibility_mask(
+            query.shape[2], padding.shape[-1], causal=True, window=_window(True, rule.window),
+            align="bottom_right", device=query.device)
     half = query.dtype in (torch.float16, torch.bfloat16)
     out = reference.scaled_dot_product_attention(
-        query, key, value, attn_mask=visible.expand(-1, -1, -1, key.shape[2]), scale=scaling,
-        dropout_p=dropout, softcap=softcap, sinks=sinks,
-        compute_dtype=torch.float32 if half else None)
+        query, key, value, attn_mask=visible, compute_dtype=torch.float32 if half else None,
+        **options)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
@@ -289,10 +289,8 @@ def _causal_prefix_lengths(mask: torch.Tensor, *,
     keys = torch.arange(kv_length, device=mask.device)
     # The last query sits at its row's last valid key, the last key it sees.
     lengths = torch.where(rows[:, -1], keys + 1, 0).amax(-1)
-    positions = lengths[:, None] - q_length + torch.arange(q_length, device=mask.device)
-    expected = keys <= positions[..., None]
-    if window is not None:
-        expected &= keys >= positions[..., None] - window[0]
+    expected = reference.visibility_mask(q_length, kv_length, causal=True, window=window,
+                                         align="bottom_right", key_counts=lengths)
     return lengths.to(torch.int32) if torch.equal(rows, expected) else None
 
 
@@ -302,7 +300,7 @@ def _tokens(t: torch.Tensor) -> torch.Tensor:
 
 
 def _packing(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
-             kwargs: dict) -> Packing | None:
+             kwargs: dict) -> PackedSequences | None:
     """The sequences of a packed or padded batch (see ``attention_forward``), or None for
     attention over whole rows."""
     batch, q_length, kv_length = query.shape[0], query.shape[2], key.shape[2]
@@ -322,8 +320,8 @@ def _packing(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tenso
     if cu_q is not None and cu_k is not None:
         hints = [h for h in (kwargs.get("max_length_q"), kwargs.get("max_length_k"))
                  if isinstance(h, int)]
-        return Packing(*(cu.to(device=query.device, dtype=torch.int32) for cu in (cu_q, cu_k)),
-                       max(hints, default=None))
+        cu_q, cu_k = (cu.to(device=query.device, dtype=torch.int32) for cu in (cu_q, cu_k))
+        return PackedSequences(cu_q, cu_k, max(hints, default=None))
     if attention_mask is not None:
         return packed_documents(attention_mask)
     position_ids = kwargs.get("position_ids")
