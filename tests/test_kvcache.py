@@ -9,7 +9,7 @@ from numerics import assert_within_eager_error, max_score_of
 import attention_ops as ao
 from attention_ops.kernels import LN2, decode_forward
 from attention_ops.options import ScoreMods
-from attention_ops.reference import scaled_dot_product_attention as reference_sdpa
+from attention_ops.reference import kvcache_attention
 
 pytestmark = pytest.mark.usefixtures("nan_poisoned_outputs")
 
@@ -26,23 +26,14 @@ def cache_problem(seqlen_q, dtype, device, head_dim_v=HEAD_DIM):
     return q, k, v, torch.tensor(CACHE_SEQLENS, dtype=torch.int32, device=device)
 
 
-def row_by_row(q, k, v, cache_seqlens, dtype=None, **options):
-    """The reference on each row's valid keys, bottom-right aligned: (out, natural lse)."""
-    results = [reference_sdpa(*(t[b:b + 1].to(dtype or t.dtype) for t in (q, k[:, :, :n],
-                                                                          v[:, :, :n])),
-                              align="bottom_right", return_lse=True, **options)
-               for b, n in enumerate(cache_seqlens.tolist())]
-    return tuple(torch.cat(parts) for parts in zip(*results, strict=True))
-
-
 def assert_matches_row_by_row(q, k, v, cache_seqlens, *, sinks=None, **options):
     fused = ao.flash_attention_with_kvcache(q, k, v, cache_seqlens, sinks=sinks,
                                             return_lse=True, **options)
     options.pop("num_splits", None)
-    reference_options = dict(options, causal=options.get("causal", True))
-    eager = row_by_row(q, k, v, cache_seqlens, sinks=sinks, **reference_options)
-    exact = row_by_row(q, k, v, cache_seqlens, dtype=torch.float64,
-                       sinks=None if sinks is None else sinks.double(), **reference_options)
+    eager = kvcache_attention(q, k, v, cache_seqlens, sinks=sinks, return_lse=True, **options)
+    exact = kvcache_attention(q, k, v, cache_seqlens, compute_dtype=torch.float64,
+                              sinks=None if sinks is None else sinks.double(), return_lse=True,
+                              **options)
     for name, f, e, x in zip(("out", "lse"), fused, eager, exact, strict=True):
         finite = x.isfinite()  # a row that sees nothing: -inf in both, compared below
         assert torch.equal(f.isfinite(), finite), f"{name}: rows with nothing visible differ"
@@ -190,9 +181,9 @@ def test_unchecked_lengths_clamp_to_the_rows_own_cache(paged, device):
     else:
         k, v = (torch.randn(3, HEADS_KV, 32, HEAD_DIM, device=device) for _ in range(2))
         table = None
-    out, lse = torch.ops.attention_ops.flash_attention_with_kvcache(
-        q, k, v, torch.tensor([48, -3, 20], dtype=torch.int32, device=device), table, None,
-        None, HEAD_DIM ** -0.5, True, None, None, None, 2)
+    out, lse = torch.ops.attention_ops.attention_with_kvcache(
+        q, k, v, torch.tensor([48, -3, 20], dtype=torch.int32, device=device), table, 2,
+        *ScoreMods(HEAD_DIM ** -0.5, causal=True, bottom_right=True).fields())
     clamped_out, clamped_lse = ao.flash_attention_with_kvcache(
         q, k, v, torch.tensor([32, 0, 20], dtype=torch.int32, device=device), block_table=table,
         num_splits=2, return_lse=True)
