@@ -37,15 +37,9 @@ from triton._C.libtriton import native_specialize_impl  # what the launcher spec
 from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 
-from attention_ops.kernels import (
-    PackedSequences,
-    ScoreMods,
-    configs,
-    decode,
-    flash_bwd,
-    flash_fwd,
-)
+from attention_ops.kernels import PackedSequences, configs, decode, flash_bwd, flash_fwd
 from attention_ops.kernels.launch import tile_config
+from attention_ops.options import ScoreMods
 from bench.cases import DTYPES
 
 KINDS = ("fwd", "dkdv", "dq", "decode")
@@ -85,7 +79,8 @@ MODIFIER_VARIANTS = ("window", "softcap", "alibi", "sinks", "float-mask", "value
 VARIANTS = ("plain", *MODIFIER_VARIANTS, "all", "varlen", "decode")
 
 
-def score_mods(variant: str, causal: bool, mask: bool, heads: int, seqlen: int) -> ScoreMods:
+def score_mods(variant: str, causal: bool, mask: bool, heads: int, seqlen: int, scale: float,
+               dropout_p: float) -> ScoreMods:
     """The modifiers of ``variant`` for a (1, heads, seqlen, seqlen) problem: a 256-key sliding
     window, softcap 50 (Gemma 2), ALiBi slopes, sinks, a float mask broadcast over heads;
     ``mask`` adds a key-padding bool mask (unless the variant brings its float mask)."""
@@ -96,8 +91,10 @@ def score_mods(variant: str, causal: bool, mask: bool, heads: int, seqlen: int) 
     elif mask:
         attn_mask = torch.ones(1, 1, 1, seqlen, dtype=torch.bool).expand(1, heads, seqlen,
                                                                          seqlen)
+    window = "window" in wanted
     return ScoreMods(
-        causal=causal, window=(256, None if causal else 256) if "window" in wanted else None,
+        scale, causal=causal, dropout_p=dropout_p, window_left=256 if window else None,
+        window_right=None if causal or not window else 256,
         softcap=50.0 if "softcap" in wanted else None, attn_mask=attn_mask,
         alibi_slopes=torch.ones(heads) if "alibi" in wanted else None,
         sinks=torch.zeros(heads) if "sinks" in wanted else None)
@@ -108,7 +105,8 @@ def captured_launches(head_dim: int, causal: bool, dtype: str, dropout: bool, ma
                       heads: int = 4) -> dict[str, tuple]:
     """Run the host-side launchers on CPU tensors of a training-like problem (contiguous
     (1, heads, seqlen, head_dim); a key-padding mask broadcast over heads and queries) with
-    every launch recorded instead of run: {kind: (kernel, args, flags)}."""
+    every launch recorded instead of run: {kind: (kernel, args)}, ``args`` the launch's
+    arguments by name (``launch.launch``'s dict)."""
     shape = (1, heads, seqlen, head_dim)
     shape_v = (1, heads, seqlen, head_dim // 2 if variant in ("value-dim", "all") else head_dim)
     q, k, dq, dk = (torch.empty(shape, dtype=DTYPES[dtype]) for _ in range(4))
@@ -119,12 +117,13 @@ def captured_launches(head_dim: int, causal: bool, dtype: str, dropout: bool, ma
     if variant == "varlen":
         cu_seqlens = torch.tensor([0, seqlen // 2, seqlen], dtype=torch.int32)
         packed = PackedSequences(cu_seqlens, cu_seqlens)
-    options = dict(scale=head_dim ** -0.5, dropout_p=0.1 if dropout else 0.0, seed=seed,
-                   mods=score_mods(variant, causal, mask, heads, seqlen), packed=packed)
+    mods = score_mods(variant, causal, mask, heads, seqlen, head_dim ** -0.5,
+                      0.1 if dropout else 0.0)
+    options = dict(mods=mods, seed=seed, packed=packed)
     launches = {}
 
-    def record(kernel, kind, grid, args, flags):
-        launches[kind] = (kernel, args, flags)
+    def record(kernel, kind, grid, args):
+        launches[kind] = (kernel, args)
 
     if variant == "decode":
         with (mock.patch.object(flash_fwd, "launch", record),
@@ -140,17 +139,18 @@ def captured_launches(head_dim: int, causal: bool, dtype: str, dropout: bool, ma
     return launches
 
 
-def _specialise(kernel, args: tuple, constants: dict) -> tuple[dict, dict, dict]:
-    """(signature, constexprs, attrs) as Triton's launcher derives them from these arguments:
-    integers equal to 1 become constants and 16-divisible integers and pointers are marked
-    so. Without this, unit strides stay unknown and no load can be vectorised."""
-    signature, constexprs, attrs = {}, dict(constants), {}
-    values = iter(args)
+def _specialise(kernel, args: dict, tile: dict) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) as Triton's launcher derives them from the arguments
+    ``args`` (by name) and the ``tile``'s constexprs: integers equal to 1 become constants
+    and 16-divisible integers and pointers are marked so. Without this, unit strides stay
+    unknown and no load can be vectorised."""
+    signature, constexprs, attrs = {}, {}, {}
     for index, param in enumerate(kernel.params):
         if param.is_constexpr:
             signature[param.name] = "constexpr"
+            constexprs[param.name] = tile[param.name] if param.name in tile else args[param.name]
             continue
-        kind, attr = native_specialize_impl(BaseBackend, next(values), False, True, True)
+        kind, attr = native_specialize_impl(BaseBackend, args[param.name], False, True, True)
         signature[param.name] = kind
         if kind == "constexpr":
             constexprs[param.name] = attr
@@ -231,11 +231,11 @@ def dot_work(ttgir: str) -> tuple[int, int]:
 def compile_one(launch: tuple, name: str, config: triton.Config, head_dim: int, causal: bool,
                 arch: int) -> Report:
     """Compile one recorded launch (see ``captured_launches``) with one tile config."""
-    kernel, args, flags = launch
+    kernel, args = launch
     label = (f"M{config.kwargs['BLOCK_M']} N{config.kwargs['BLOCK_N']} "
              f"w{config.num_warps} s{config.num_stages}")
     report = Report(name, head_dim, causal, label)
-    signature, constexprs, attrs = _specialise(kernel, args, {**flags, **config.kwargs})
+    signature, constexprs, attrs = _specialise(kernel, args, config.kwargs)
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
@@ -275,11 +275,12 @@ def decode_launch(head_dim: int, dtype: torch.dtype, heads_kv: int) -> None:
     k, v = (torch.empty(batch * pages_per_row, heads_kv, page, head_dim, dtype=dtype)
             for _ in range(2))
     table = torch.zeros(batch, pages_per_row, dtype=torch.int32)
-    mods = ScoreMods(causal=True, window=(4095, 0), bottom_right=True, softcap=50.0,
-                     alibi_slopes=torch.ones(4 * heads_kv), sinks=torch.zeros(4 * heads_kv))
+    mods = ScoreMods(head_dim ** -0.5, causal=True, window_left=4095, window_right=0,
+                     bottom_right=True, softcap=50.0, alibi_slopes=torch.ones(4 * heads_kv),
+                     sinks=torch.zeros(4 * heads_kv))
     decode.decode_forward(q, k, v, torch.empty(q.shape), torch.empty(q.shape[:3]),
                           cache_seqlens=torch.zeros(batch, dtype=torch.int32),
-                          block_table=table, scale=head_dim ** -0.5, mods=mods, num_splits=4)
+                          block_table=table, mods=mods, num_splits=4)
 
 
 def main(argv: list[str] | None = None) -> None:

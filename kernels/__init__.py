@@ -1,7 +1,9 @@
 """Triton kernels for fused attention and their launch helpers. No autograd lives here.
 
-``attention_forward`` and ``attention_backward`` fill caller-allocated tensors; the autograd
-wrappers, validation and dispatch live in ``attention_ops``.
+``attention_forward``, ``attention_backward`` and ``decode_forward`` fill caller-allocated
+tensors; the autograd wrappers, validation, dispatch and the score options they take
+(``attention_ops.options.ScoreMods``, which the kernels read by attribute and never import)
+live in ``attention_ops``.
 """
 
 from .decode import decode_forward
@@ -9,14 +11,12 @@ from .dropout import DropoutStream, materialize_keep_mask
 from .flash_bwd import attention_backward
 from .flash_fwd import attention_forward
 from .launch import LN2, interpreter_requested_too_late, is_interpreter, use_autotuning
-from .score import ScoreMods
 from .varlen import PackedSequences
 
 __all__ = [
     "LN2",
     "DropoutStream",
     "PackedSequences",
-    "ScoreMods",
     "attention_backward",
     "attention_forward",
     "decode_forward",

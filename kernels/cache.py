@@ -34,21 +34,20 @@ class CacheLayout:
 
 
 def cache_args(cache: CacheLayout | None, k_cache: torch.Tensor,
-               placeholder: torch.Tensor) -> tuple:
-    """The kernel's cache arguments: key counts and block table pointers, the table's row
-    stride, the page size, the split count and the partial results' split strides."""
-    if cache is None or cache.block_table is None:
-        table, table_stride, page_size = placeholder, 0, 1
-    else:
-        table, table_stride, page_size = (cache.block_table, cache.block_table.stride(0),
-                                          k_cache.shape[2])
-    if cache is None:
-        return placeholder, table, table_stride, page_size, 1, 0, 0
-    return (cache.cache_seqlens, table, table_stride, page_size, cache.num_splits,
-            *cache.split_strides)
-
-
-def cache_flags(cache: CacheLayout | None) -> dict:
-    return dict(DECODE=cache is not None,
-                PAGED=cache is not None and cache.block_table is not None,
-                SPLIT_KV=cache is not None and cache.num_splits > 1)
+               placeholder: torch.Tensor) -> dict:
+    """The forward kernel's cache arguments: key counts and block table pointers, the table's
+    row stride, the page size, the split count, the partial results' split strides, and the
+    DECODE, PAGED and SPLIT_KV switches (placeholders and all off without a cache)."""
+    paged = cache is not None and cache.block_table is not None
+    return {
+        "CACHE_SEQLENS": placeholder if cache is None else cache.cache_seqlens,
+        "BLOCK_TABLE": cache.block_table if paged else placeholder,
+        "stride_table_b": cache.block_table.stride(0) if paged else 0,
+        "page_size": k_cache.shape[2] if paged else 1,
+        "n_splits": 1 if cache is None else cache.num_splits,
+        "stride_o_split": 0 if cache is None else cache.split_strides[0],
+        "stride_lse_split": 0 if cache is None else cache.split_strides[1],
+        "DECODE": cache is not None,
+        "PAGED": paged,
+        "SPLIT_KV": cache is not None and cache.num_splits > 1,
+    }

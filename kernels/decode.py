@@ -15,9 +15,9 @@ import triton.language as tl
 
 from .cache import CacheLayout
 from .casting import downcast
+from .configs import head_dim_block
 from .flash_fwd import attention_forward
 from .launch import is_interpreter, kernel_flags
-from .score import ScoreMods
 
 MAX_SPLITS = 64
 MIN_KEYS_PER_SPLIT = 256  # below this a split's fixed cost outweighs the parallelism
@@ -77,9 +77,10 @@ def combine_splits(part_out: torch.Tensor, part_lse: torch.Tensor, out: torch.Te
     n_rows = lse.numel()
     block_r = 32 if is_interpreter() else 64
     _combine_splits_kernel[(triton.cdiv(n_rows, block_r),)](
-        part_out, part_lse, out, lse, n_splits, n_rows, part_out.stride(0), part_lse.stride(0),
-        HEAD_DIM_V=head_dim_v, BLOCK_DV=max(16, triton.next_power_of_2(head_dim_v)),
-        BLOCK_R=block_r, INTERPRET_BF16=kernel_flags(out)["INTERPRET_BF16"])
+        PART_O=part_out, PART_LSE=part_lse, O=out, LSE=lse, n_splits=n_splits, n_rows=n_rows,
+        stride_split_o=part_out.stride(0), stride_split_lse=part_lse.stride(0),
+        HEAD_DIM_V=head_dim_v, BLOCK_DV=head_dim_block(head_dim_v), BLOCK_R=block_r,
+        INTERPRET_BF16=kernel_flags(out)["INTERPRET_BF16"])
 
 
 def decode_forward(
@@ -90,9 +91,8 @@ def decode_forward(
     lse: torch.Tensor,
     *,
     cache_seqlens: torch.Tensor,
-    block_table: torch.Tensor | None,
-    scale: float,
-    mods: ScoreMods,
+    block_table: torch.Tensor | None = None,
+    mods,
     num_splits: int | None = None,
 ) -> None:
     """Attention of q (B, Hq, Lq, D), the last Lq positions of each row, over a KV cache:
@@ -100,7 +100,9 @@ def decode_forward(
 
     k_cache, v_cache: (B, Hkv, Lmax, D|Dv), or (num_pages, Hkv, page_size, D|Dv) with
     ``block_table`` (B, max_pages) int32; ``cache_seqlens`` (B,) int32 keys per row. ``mods``
-    should be bottom-right aligned. ``num_splits`` None picks from the problem and the device.
+    (read by attribute, see ``score.score_args``) holds the scale and the modifiers, should
+    be bottom-right aligned and has no dropout. ``num_splits`` None picks from the problem
+    and the device.
     """
     batch, n_heads_q, seqlen_q, _ = q.shape
     group_size = n_heads_q // k_cache.shape[1]
@@ -113,13 +115,11 @@ def decode_forward(
         num_splits = choose_num_splits(row_tiles * batch * k_cache.shape[1],
                                        layout.capacity(k_cache), q.device)
     if num_splits == 1:
-        attention_forward(q, k_cache, v_cache, out, lse, scale=scale, dropout_p=0.0, seed=None,
-                          mods=mods, cache=layout)
+        attention_forward(q, k_cache, v_cache, out, lse, mods=mods, cache=layout)
         return
     part_out = torch.empty((num_splits, *out.shape), dtype=torch.float32, device=q.device)
     part_lse = torch.empty((num_splits, *lse.shape), dtype=torch.float32, device=q.device)
     split = CacheLayout(cache_seqlens, block_table, num_splits,
                         (part_out.stride(0), part_lse.stride(0)))
-    attention_forward(q, k_cache, v_cache, part_out[0], part_lse[0], scale=scale,
-                      dropout_p=0.0, seed=None, mods=mods, cache=split)
+    attention_forward(q, k_cache, v_cache, part_out[0], part_lse[0], mods=mods, cache=split)
     combine_splits(part_out, part_lse, out, lse)

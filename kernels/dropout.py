@@ -16,6 +16,7 @@ offset) makes one per weight, each taking its own group and lane.
 
 from typing import NamedTuple
 
+import torch
 import triton
 import triton.language as tl
 
@@ -37,12 +38,28 @@ class DropoutStream(NamedTuple):
     cols: int
     col_offset: int
 
+    def args(self) -> dict:
+        """The kernels' stream arguments."""
+        return {"rng_rows_per_head": self.rows, "rng_row_offset": self.row_offset,
+                "rng_cols": self.cols, "rng_col_offset": self.col_offset}
 
-def dropout_args(dropout_p: float) -> tuple[int, float]:
-    """The kernels' dropout arguments for drop probability ``dropout_p``: the 16-bit
-    threshold below which a weight is dropped, and the survivors' scale 1 / (1 - p)."""
-    drop_below = round(dropout_p * 2**16)  # keep_mask compares 16-bit halves against it
-    return drop_below, 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
+
+def drop_threshold(dropout_p: float) -> int:
+    """The 16-bit number below which a weight is dropped (keep_mask compares the halves of
+    Philox's outputs against it)."""
+    return round(dropout_p * 2**16)
+
+
+def dropout_args(dropout_p: float, seed: torch.Tensor | None,
+                 placeholder: torch.Tensor) -> dict:
+    """The kernels' dropout arguments for drop probability ``dropout_p``: the seed (a
+    one-element int64 device tensor, read only when p > 0; ``placeholder`` stands in
+    otherwise), the threshold, the survivors' scale 1 / (1 - p) and the HAS_DROPOUT switch."""
+    has_dropout = dropout_p > 0.0
+    return {"SEED": seed if has_dropout else placeholder,
+            "drop_below": drop_threshold(dropout_p),
+            "dropout_scale": 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0,
+            "HAS_DROPOUT": has_dropout}
 
 
 @triton.jit
@@ -135,6 +152,5 @@ def materialize_keep_mask(out, seed, dropout_p: float) -> None:
     bh, seqlen_q, seqlen_k = out.shape
     block = 32
     grid = (triton.cdiv(seqlen_q, block), triton.cdiv(seqlen_k, block), bh)
-    drop_below, _ = dropout_args(dropout_p)
-    _keep_mask_kernel[grid](out, seed, drop_below, seqlen_q, seqlen_k, BLOCK_M=block,
-                            BLOCK_N=block)
+    _keep_mask_kernel[grid](OUT=out, SEED=seed, drop_below=drop_threshold(dropout_p),
+                            seqlen_q=seqlen_q, seqlen_k=seqlen_k, BLOCK_M=block, BLOCK_N=block)

@@ -20,17 +20,19 @@ import triton
 import triton.language as tl
 
 from .casting import dot_operand, downcast
-from .configs import INTERPRETER_META, head_dim_block
+from .configs import INTERPRETER_META
 from .dropout import DropoutStream, dropout_args, keep_mask, keep_mask_t
-from .launch import is_interpreter, kernel_flags, launch, needs_int64_rows, seqlen_bucket
-from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
-from .varlen import (
-    PackedSequences,
-    batch_and_head,
-    packed_args,
-    packed_tile,
-    tuning_length,
+from .launch import (
+    head_dim_args,
+    is_interpreter,
+    kernel_flags,
+    launch,
+    needs_int64_rows,
+    seqlen_bucket,
+    strides,
 )
+from .score import MASK_FLOAT, band_tiles, base2_scores, score_args, visible
+from .varlen import PackedSequences, batch_and_head, packed_args, packed_tile, tuning_length
 
 
 @triton.jit
@@ -247,30 +249,22 @@ def _attn_bwd_dkdv_kernel(
         if HAS_ALIBI:
             slope = tl.load(SLOPES + slope_row * stride_slope_b + i_h * stride_slope_h)
             slope_base2 = slope * 1.4426950408889634
-        b_dk, b_dv = _dkdv_q_loop(
-            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
-            p_mask, stride_mask_m, stride_mask_n, slope_base2,
-            i_n * BLOCK_N, offs_n, offs_d, offs_dv, rng_row0, rng_cols, rng_col_offset, seed,
-            drop_below, dropout_scale,
-            qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
-            seqlen_q, seqlen_k, start=full_start, end=full_end, start2=full_end, end2=full_end,
-            HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            MASKED=False, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
-            HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
-            INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
-        )
-        b_dk, b_dv = _dkdv_q_loop(
-            b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom,
-            p_mask, stride_mask_m, stride_mask_n, slope_base2,
-            i_n * BLOCK_N, offs_n, offs_d, offs_dv, rng_row0, rng_cols, rng_col_offset, seed,
-            drop_below, dropout_scale,
-            qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left, window_right,
-            seqlen_q, seqlen_k, start=start, end=full_start, start2=full_end, end2=end,
-            HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            MASKED=True, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
-            HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
-            INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
-        )
+        # The band's wholly visible tiles unmasked (the bulk of the work), then its edge tiles
+        # masked: a static loop, so each phase is its own call and compiles to its own loop.
+        for phase in tl.static_range(2):
+            if phase == 1:
+                start1, end1, start2, end2 = start, full_start, full_end, end
+            else:
+                start1, end1, start2, end2 = full_start, full_end, full_end, full_end
+            b_dk, b_dv = _dkdv_q_loop(
+                b_dk, b_dv, b_k, b_v, p_q, p_do, p_lse, p_delta, stride_qm, stride_dom, p_mask,
+                stride_mask_m, stride_mask_n, slope_base2, i_n * BLOCK_N, offs_n, offs_d,
+                offs_dv, rng_row0, rng_cols, rng_col_offset, seed, drop_below, dropout_scale,
+                qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left,
+                window_right, seqlen_q, seqlen_k, start1, end1, start2, end2, HEAD_DIM, HEAD_DIM_V,
+                BLOCK_M, BLOCK_N, phase == 1, HAS_LEFT, HAS_RIGHT, SOFTCAP, HAS_ALIBI,
+                MASK_KIND, HAS_DROPOUT, INTERPRET_BF16, PRECISION, INT64_ROWS,
+            )
 
     p_dk = DK + i_b * stride_dkb + i_hk * stride_dkh + k_start * stride_dkn
     p_dv = DV + i_b * stride_dvb + i_hk * stride_dvh + k_start * stride_dvn
@@ -415,28 +409,22 @@ def _attn_bwd_dq_kernel(
         i_m * BLOCK_M, seqlen_k, diagonal_offset - window_left, diagonal_offset + window_right,
         False, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT, MASK_KIND != 0)
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    b_dq = _dq_kv_loop(
-        b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d,
-        offs_dv, p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols,
-        rng_col_offset, seed, drop_below, dropout_scale, qk_scale, softcap_scale,
-        softcap_base2, diagonal_offset, window_left, window_right, seqlen_q, seqlen_k,
-        start=full_start, end=full_end, start2=full_end, end2=full_end,
-        HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        MASKED=False, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
-        HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
-        INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
-    )
-    b_dq = _dq_kv_loop(
-        b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d,
-        offs_dv, p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols,
-        rng_col_offset, seed, drop_below, dropout_scale, qk_scale, softcap_scale,
-        softcap_base2, diagonal_offset, window_left, window_right, seqlen_q, seqlen_k,
-        start=start, end=full_start, start2=full_end, end2=end,
-        HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        MASKED=True, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
-        HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
-        INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS,
-    )
+    # The band's wholly visible tiles unmasked (the bulk of the work), then its edge tiles
+    # masked: a static loop, so each phase is its own call and compiles to its own loop.
+    for phase in tl.static_range(2):
+        if phase == 1:
+            start1, end1, start2, end2 = start, full_start, full_end, end
+        else:
+            start1, end1, start2, end2 = full_start, full_end, full_end, full_end
+        b_dq = _dq_kv_loop(
+            b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d,
+            offs_dv, p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols,
+            rng_col_offset, seed, drop_below, dropout_scale, qk_scale, softcap_scale,
+            softcap_base2, diagonal_offset, window_left, window_right, seqlen_q, seqlen_k,
+            start1, end1, start2, end2, HEAD_DIM, HEAD_DIM_V, BLOCK_M, BLOCK_N, phase == 1,
+            HAS_LEFT, HAS_RIGHT, SOFTCAP, HAS_ALIBI, MASK_KIND, HAS_DROPOUT, INTERPRET_BF16,
+            PRECISION, INT64_ROWS,
+        )
     tl.store(DQ + i_b * stride_dqb + i_h * stride_dqh + offs_m[:, None] * stride_dqm
              + offs_d[None, :] * stride_dqd,
              downcast(b_dq * sm_scale, DQ.dtype.element_ty, INTERPRET_BF16), mask=m_q)
@@ -453,17 +441,15 @@ def attention_backward(
     dk: torch.Tensor,
     dv: torch.Tensor,
     *,
-    scale: float,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-    mods: ScoreMods | None = None,
+    mods,
+    seed: torch.Tensor | None = None,
     int64_rows: bool | None = None,
     packed: PackedSequences | None = None,
     dropout_stream: DropoutStream | None = None,
 ) -> torch.Tensor | None:
     """Launch the backward: fills dq (shape of q), dk and dv (shapes of k, v).
 
-    ``out`` and ``lse`` (base 2) are the forward's results, ``seed``, ``mods``, ``packed``
+    ``out`` and ``lse`` (base 2) are the forward's results, ``mods``, ``seed``, ``packed``
     and ``dropout_stream`` the forward's (see ``attention_forward``). All tensors may have any
     strides.
 
@@ -472,52 +458,43 @@ def attention_backward(
     """
     if not lse.is_contiguous():  # the kernels index it as a dense (B, Hq, Lq) array
         raise ValueError(f"lse must be contiguous, got strides {lse.stride()}")
-    mods = mods or ScoreMods()
     batch, n_heads_q, seqlen_q, head_dim = q.shape
-    n_heads_kv, seqlen_k, head_dim_v = k.shape[1], k.shape[2], v.shape[3]
-    group_size = n_heads_q // n_heads_kv
-    has_dropout = dropout_p > 0.0
+    n_heads_kv, seqlen_k = k.shape[1], k.shape[2]
     if int64_rows is None:
         int64_rows = needs_int64_rows(q, k, v, out, do, dq, dk, dv, mods.attn_mask)
-    block_d, block_dv = head_dim_block(head_dim), head_dim_block(head_dim_v)
+    head_dims = head_dim_args(head_dim, v.shape[3])
+    score = score_args(mods, lse)
 
     delta = torch.empty_like(lse)
-    dsink_rows = torch.empty_like(lse) if mods.sinks is not None else lse
+    dsink_rows = torch.empty_like(lse) if score["HAS_SINKS"] else lse
     block_m = 64 if not is_interpreter() else INTERPRETER_META["BLOCK_M"]
-    _bwd_delta_kernel[(triton.cdiv(seqlen_q, block_m), batch * n_heads_q)](
-        out, do, delta, lse, lse if mods.sinks is None else mods.sinks, dsink_rows,
-        mods.sink_stride(), *out.stride(), *do.stride(), n_heads_q, seqlen_q,
-        HEAD_DIM_V=head_dim_v, BLOCK_DV=block_dv, BLOCK_M=block_m,
-        HAS_SINKS=mods.sinks is not None, INT64_ROWS=int64_rows,
+    delta_args = dict(
+        O=out, **strides("o", out), DO=do, **strides("do", do), DELTA=delta, LSE=lse,
+        SINKS=score["SINKS"], stride_sink=score["stride_sink"], DSINK_ROWS=dsink_rows,
+        n_heads_q=n_heads_q, seqlen_q=seqlen_q, HEAD_DIM_V=head_dims["HEAD_DIM_V"],
+        BLOCK_DV=head_dims["BLOCK_DV"], BLOCK_M=block_m, HAS_SINKS=score["HAS_SINKS"],
+        INT64_ROWS=int64_rows,
     )
-    common = (
-        *mods.kernel_args(scale, lse), scale, *dropout_args(dropout_p),
-        *(dropout_stream or DropoutStream(seqlen_q, 0, seqlen_k, 0)), *packed_args(packed, lse),
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-    )
-    bucket = seqlen_bucket(tuning_length(packed, seqlen_q, seqlen_k))
-    flags = dict(
-        HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows, VARLEN=packed is not None,
-        **mods.kernel_flags(), **kernel_flags(q),
+    _bwd_delta_kernel[(triton.cdiv(seqlen_q, block_m), batch * n_heads_q)](**delta_args)
+    # What both kernels take: every input, the geometry, the score pipeline, dropout, packing.
+    common = dict(
+        Q=q, **strides("q", q), K=k, **strides("k", k, "bhnd"), V=v, **strides("v", v, "bhnd"),
+        DO=do, **strides("do", do), LSE=lse, DELTA=delta, sm_scale=mods.scale,
+        group_size=n_heads_q // n_heads_kv, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+        seqlen_bucket=seqlen_bucket(tuning_length(packed, seqlen_q, seqlen_k)), **head_dims,
+        **score, **dropout_args(mods.dropout_p, seed, lse),
+        **(dropout_stream or DropoutStream(seqlen_q, 0, seqlen_k, 0)).args(),
+        **packed_args(packed, lse), **kernel_flags(q), INT64_ROWS=int64_rows,
     )
 
     def tiles(length: int, block: int) -> int:
         return triton.cdiv(length, block) if packed is None else packed.programs(length, block)
 
-    seed_arg = seed if has_dropout else lse
-    launch(
-        _attn_bwd_dkdv_kernel, "dkdv",
-        lambda meta: (tiles(seqlen_k, meta["BLOCK_N"]), batch * n_heads_kv),
-        (q, k, v, do, dk, dv, lse, delta, seed_arg, *common, *dk.stride(), *dv.stride(),
-         n_heads_kv, group_size, seqlen_q, seqlen_k, bucket),
-        flags,
-    )
-    launch(
-        _attn_bwd_dq_kernel, "dq",
-        lambda meta: (tiles(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q),
-        (q, k, v, do, dq, lse, delta, seed_arg, *common, *dq.stride(),
-         n_heads_q, group_size, seqlen_q, seqlen_k, bucket),
-        flags,
-    )
-    return dsink_rows.sum(dim=(0, 2)) if mods.sinks is not None else None
+    launch(_attn_bwd_dkdv_kernel, "dkdv",
+           lambda meta: (tiles(seqlen_k, meta["BLOCK_N"]), batch * n_heads_kv),
+           dict(common, DK=dk, **strides("dk", dk, "bhnd"), DV=dv, **strides("dv", dv, "bhnd"),
+                n_heads_kv=n_heads_kv))
+    launch(_attn_bwd_dq_kernel, "dq",
+           lambda meta: (tiles(seqlen_q, meta["BLOCK_M"]), batch * n_heads_q),
+           dict(common, DQ=dq, **strides("dq", dq), n_heads_q=n_heads_q))
+    return dsink_rows.sum(dim=(0, 2)) if score["HAS_SINKS"] else None

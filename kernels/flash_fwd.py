@@ -12,19 +12,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .cache import CacheLayout, cache_args, cache_flags
+from .cache import CacheLayout, cache_args
 from .casting import dot_operand, downcast
-from .configs import head_dim_block
 from .dropout import DropoutStream, dropout_args, keep_mask
-from .launch import kernel_flags, launch, needs_int64_rows, seqlen_bucket
-from .score import MASK_FLOAT, ScoreMods, band_tiles, base2_scores, visible
-from .varlen import (
-    PackedSequences,
-    batch_and_head,
-    packed_args,
-    packed_tile,
-    tuning_length,
-)
+from .launch import head_dim_args, kernel_flags, launch, needs_int64_rows, seqlen_bucket, strides
+from .score import MASK_FLOAT, band_tiles, base2_scores, score_args, visible
+from .varlen import PackedSequences, batch_and_head, packed_args, packed_tile, tuning_length
 
 
 @triton.jit
@@ -240,30 +233,22 @@ def _attn_fwd_kernel(
         full_start = tl.minimum(tl.maximum(full_start, lo), lo + per_split)
         full_end = tl.minimum(tl.maximum(full_end, lo), lo + per_split)
         end = tl.minimum(tl.maximum(end, lo), lo + per_split)
-    b_acc, b_l, b_m = _fwd_kv_loop(
-        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
-        p_table, page_size, stride_kb, stride_vb,
-        p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols, rng_col_offset,
-        seed, drop_below, qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left,
-        window_right, seqlen_q, seqlen_k,
-        start=full_start, end=full_end, start2=full_end, end2=full_end,
-        HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        MASKED=False, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
-        HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
-        INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS, PAGED=PAGED,
-    )
-    b_acc, b_l, b_m = _fwd_kv_loop(
-        b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
-        p_table, page_size, stride_kb, stride_vb,
-        p_mask, stride_mask_m, stride_mask_n, slope_base2, rng_rows, rng_cols, rng_col_offset,
-        seed, drop_below, qk_scale, softcap_scale, softcap_base2, diagonal_offset, window_left,
-        window_right, seqlen_q, seqlen_k,
-        start=start, end=full_start, start2=full_end, end2=end,
-        HEAD_DIM=HEAD_DIM, HEAD_DIM_V=HEAD_DIM_V, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        MASKED=True, HAS_LEFT=HAS_LEFT, HAS_RIGHT=HAS_RIGHT, SOFTCAP=SOFTCAP,
-        HAS_ALIBI=HAS_ALIBI, MASK_KIND=MASK_KIND, HAS_DROPOUT=HAS_DROPOUT,
-        INTERPRET_BF16=INTERPRET_BF16, PRECISION=PRECISION, INT64_ROWS=INT64_ROWS, PAGED=PAGED,
-    )
+    # The band's wholly visible tiles unmasked (the bulk of the work), then its edge tiles
+    # masked: a static loop, so each phase is its own call and compiles to its own loop.
+    for phase in tl.static_range(2):
+        if phase == 1:
+            start1, end1, start2, end2 = start, full_start, full_end, end
+        else:
+            start1, end1, start2, end2 = full_start, full_end, full_end, full_end
+        b_acc, b_l, b_m = _fwd_kv_loop(
+            b_acc, b_l, b_m, b_q, p_k, p_v, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
+            p_table, page_size, stride_kb, stride_vb, p_mask, stride_mask_m, stride_mask_n,
+            slope_base2, rng_rows, rng_cols, rng_col_offset, seed, drop_below, qk_scale,
+            softcap_scale, softcap_base2, diagonal_offset, window_left, window_right, seqlen_q,
+            seqlen_k, start1, end1, start2, end2, HEAD_DIM, HEAD_DIM_V, BLOCK_M, BLOCK_N,
+            phase == 1, HAS_LEFT, HAS_RIGHT, SOFTCAP, HAS_ALIBI, MASK_KIND, HAS_DROPOUT,
+            INTERPRET_BF16, PRECISION, INT64_ROWS, PAGED,
+        )
 
     # A row with no visible key (and no sink) has l = 0: it outputs zeros and an LSE of -inf.
     b_l_safe = tl.where(b_l == 0.0, 1.0, b_l)
@@ -284,10 +269,8 @@ def attention_forward(
     out: torch.Tensor,
     lse: torch.Tensor,
     *,
-    scale: float,
-    dropout_p: float,
-    seed: torch.Tensor | None,
-    mods: ScoreMods | None = None,
+    mods,
+    seed: torch.Tensor | None = None,
     int64_rows: bool | None = None,
     packed: PackedSequences | None = None,
     dropout_stream: DropoutStream | None = None,
@@ -296,40 +279,33 @@ def attention_forward(
     """Launch the forward: fills ``out`` (B, Hq, Lq, Dv) and ``lse`` (B, Hq, Lq) fp32, the
     base-2 log-sum-exp of the scores (with the sink's term; -inf for a row that sees nothing).
 
-    q (B, Hq, Lq, D), k (B, Hkv, Lk, D) and v (B, Hkv, Lk, Dv) may have any strides. ``seed``
-    is a one-element int64 tensor on the device (used when ``dropout_p > 0``). ``mods`` holds
-    the score modifiers (``score.ScoreMods``). ``int64_rows`` forces (True) or forbids (False)
-    64-bit row offsets; None decides from the sizes. ``packed``: B = 1, Lq and Lk count the
-    tokens of all sequences, and each sequence attends on its own (no attn_mask).
-    ``dropout_stream`` places the weights in the dropout stream (default (Lq, 0, Lk, 0)).
-    ``cache``: k and v are a KV cache (``cache.CacheLayout``: per-row key counts, pages,
-    splits; with splits, out and lse are split 0 of the partial results).
+    q (B, Hq, Lq, D), k (B, Hkv, Lk, D) and v (B, Hkv, Lk, Dv) may have any strides. ``mods``
+    holds the scale, dropout probability and score modifiers, read by attribute
+    (``attention_ops.options.ScoreMods``; see ``score.score_args``). ``seed`` is a one-element
+    int64 tensor on the device (read when ``mods.dropout_p > 0``). ``int64_rows`` forces
+    (True) or forbids (False) 64-bit row offsets; None decides from the sizes. ``packed``:
+    B = 1, Lq and Lk count the tokens of all sequences, and each sequence attends on its own
+    (no attn_mask). ``dropout_stream`` places the weights in the dropout stream (default
+    (Lq, 0, Lk, 0)). ``cache``: k and v are a KV cache (``cache.CacheLayout``: per-row key
+    counts, pages, splits; with splits, out and lse are split 0 of the partial results).
     """
     if not lse.is_contiguous():  # the kernels index it as a dense (B, Hq, Lq) array
         raise ValueError(f"lse must be contiguous, got strides {lse.stride()}")
-    mods = mods or ScoreMods()
     batch, n_heads_q, seqlen_q, head_dim = q.shape
     group_size = n_heads_q // k.shape[1]
-    seqlen_k, head_dim_v = k.shape[2], v.shape[3]
-    if cache is not None:
-        seqlen_k = cache.capacity(k)
-    has_dropout = dropout_p > 0.0
+    seqlen_k = k.shape[2] if cache is None else cache.capacity(k)
     if int64_rows is None:
         int64_rows = needs_int64_rows(q, k, v, out, mods.attn_mask)
-    args = (
-        q, k, v, out, lse, seed if has_dropout else lse,
-        *mods.kernel_args(scale, lse), *dropout_args(dropout_p),
-        *(dropout_stream or DropoutStream(seqlen_q, 0, seqlen_k, 0)), *packed_args(packed, lse),
-        *cache_args(cache, k, lse),
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        n_heads_q, group_size, seqlen_q, seqlen_k,
-        seqlen_bucket(tuning_length(packed, seqlen_q, seqlen_k)),
-    )
-    flags = dict(
-        HEAD_DIM=head_dim, HEAD_DIM_V=head_dim_v, BLOCK_D=head_dim_block(head_dim),
-        BLOCK_DV=head_dim_block(head_dim_v), HAS_DROPOUT=has_dropout, INT64_ROWS=int64_rows,
-        VARLEN=packed is not None, **cache_flags(cache), **mods.kernel_flags(),
-        **kernel_flags(q),
+    args = dict(
+        Q=q, **strides("q", q), K=k, **strides("k", k, "bhnd"), V=v, **strides("v", v, "bhnd"),
+        O=out, **strides("o", out), LSE=lse, n_heads_q=n_heads_q, group_size=group_size,
+        seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+        seqlen_bucket=seqlen_bucket(tuning_length(packed, seqlen_q, seqlen_k)),
+        **head_dim_args(head_dim, v.shape[3]), **score_args(mods, lse),
+        **dropout_args(mods.dropout_p, seed, lse),
+        **(dropout_stream or DropoutStream(seqlen_q, 0, seqlen_k, 0)).args(),
+        **packed_args(packed, lse), **cache_args(cache, k, lse), **kernel_flags(q),
+        INT64_ROWS=int64_rows,
     )
 
     def grid(meta):
@@ -340,4 +316,4 @@ def attention_forward(
                  else packed.programs(seqlen_q, meta["BLOCK_M"]))
         return tiles, batch * n_heads_q
 
-    launch(_attn_fwd_kernel, "decode" if cache is not None else "fwd", grid, args, flags)
+    launch(_attn_fwd_kernel, "decode" if cache is not None else "fwd", grid, args)

@@ -1,7 +1,8 @@
 """Launch policy shared by the forward and backward kernels: interpreter or GPU, fixed tile
-or autotuned, the constexpr flags derived from the inputs and 64-bit row offsets. The mask,
-ALiBi slopes and sinks pointer arguments and the score pipeline's scalars come from
-``score.ScoreMods.kernel_args``.
+or autotuned, and the small pieces a launch's argument dict is built from (strides, head dims,
+the constexpr flags derived from the inputs, 64-bit row offsets). The score pipeline's piece
+is ``score.score_args``, dropout's ``dropout.dropout_args`` and ``DropoutStream.args``,
+packed sequences' ``varlen.packed_args``, a KV cache's ``cache.cache_args``.
 
 Nothing here touches CUDA at import time; autotuning picks among the candidates of
 ``configs`` on first use per (head dim, constexpr switches, dtype, sequence-length bucket) and
@@ -17,7 +18,7 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from .configs import FP32_TILES, INTERPRETER_META, TILES, candidate_tiles
+from .configs import FP32_TILES, INTERPRETER_META, TILES, candidate_tiles, head_dim_block
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453  # the kernels' base-2 LSE times this is the natural one
@@ -55,6 +56,20 @@ def kernel_flags(q: torch.Tensor) -> dict:
     }
 
 
+def head_dim_args(head_dim: int, head_dim_v: int) -> dict:
+    """The head dims of queries/keys and of values, and the tile widths that hold them."""
+    return {"HEAD_DIM": head_dim, "HEAD_DIM_V": head_dim_v, "BLOCK_D": head_dim_block(head_dim),
+            "BLOCK_DV": head_dim_block(head_dim_v)}
+
+
+def strides(name: str, t: torch.Tensor | None, axes: str = "bhmd") -> dict:
+    """The strides of ``t`` as a kernel's ``stride_{name}{axis}`` arguments, one per letter of
+    ``axes`` (zeros for None): ``strides("k", k, "bhnd")`` is {"stride_kb": k.stride(0), ...,
+    "stride_kd": k.stride(3)}."""
+    values = (0,) * len(axes) if t is None else t.stride()
+    return {f"stride_{name}{axis}": value for axis, value in zip(axes, values, strict=True)}
+
+
 def needs_int64_rows(*tensors: torch.Tensor | None) -> bool:
     """Whether row offsets inside one head of any of these 4-D tensors can pass 2**31
     (batch/head offsets are always int64). None entries are skipped."""
@@ -88,12 +103,12 @@ def config_tile(config: triton.Config) -> tuple[int, int, int, int]:
 
 def head_dim_pruner(kind: str):
     """Autotune ``early_config_prune``: keep the candidate tiles of the launch's head dim and
-    query dtype (every kernel's first argument, ``Q``)."""
+    query dtype (every kernel's ``Q``)."""
 
     def prune(candidates, named_args, **kwargs):
-        block_d = tile_width(named_args.get("BLOCK_D", kwargs.get("BLOCK_D")),
-                             named_args.get("BLOCK_DV", kwargs.get("BLOCK_DV")))
-        wanted = set(candidate_tiles(kind, block_d, named_args["Q"].dtype))
+        args = {**named_args, **kwargs}  # ``launch`` passes every argument by name
+        block_d = tile_width(args["BLOCK_D"], args.get("BLOCK_DV"))
+        wanted = set(candidate_tiles(kind, block_d, args["Q"].dtype))
         return [c for c in candidates if config_tile(c) in wanted]
 
     return prune
@@ -114,28 +129,30 @@ def use_autotuning(enabled: bool) -> bool:
     return previous
 
 
-def launch(kernel, kind: str, grid, args: tuple, flags: dict) -> None:
+def launch(kernel, kind: str, grid, args: dict) -> None:
     """Launch ``kernel`` with ``grid(meta)`` over the tile ``meta`` it runs with: the
     interpreter's fixed tile, the first candidate when autotuning is off, else autotuned.
-    ``args[0]`` is the query tensor, whose dtype selects the candidate tiles."""
+    ``args`` holds every parameter but the tile's, by name, constexprs included; the dtype of
+    ``args["Q"]``, the query tensor, selects the candidate tiles. (By name, the host does not
+    depend on the kernels' parameter order; the compiled code does: reordering the forward's
+    parameters moves its sm_90a register counts by up to 9, so the order stays put.)"""
     if is_interpreter():
-        kernel[grid(INTERPRETER_META)](*args, **flags, **INTERPRETER_META)
+        kernel[grid(INTERPRETER_META)](**args, **INTERPRETER_META)
     elif not _autotuning:
-        width = tile_width(flags["BLOCK_D"], flags.get("BLOCK_DV"))
-        _launch_first_fitting_tile(kernel, candidate_tiles(kind, width, args[0].dtype),
-                                   grid, args, flags)
+        width = tile_width(args["BLOCK_D"], args.get("BLOCK_DV"))
+        _launch_first_fitting_tile(kernel, candidate_tiles(kind, width, args["Q"].dtype),
+                                   grid, args)
     else:
-        autotuned(kernel, kind)[grid](*args, **flags)
+        autotuned(kernel, kind)[grid](**args)
 
 
-def _launch_first_fitting_tile(kernel, tiles, grid, args: tuple, flags: dict) -> None:
+def _launch_first_fitting_tile(kernel, tiles, grid, args: dict) -> None:
     """Launch with the first of ``tiles`` the device has the shared memory for (float32
     inputs double a tile's footprint; GPUs before Hopper have less)."""
     for i, tile in enumerate(tiles):
         config = tile_config(tile)
         try:
-            kernel[grid(config.kwargs)](*args, **flags, **config.kwargs,
-                                        num_warps=config.num_warps,
+            kernel[grid(config.kwargs)](**args, **config.kwargs, num_warps=config.num_warps,
                                         num_stages=config.num_stages)
             return
         except OutOfResources:  # raised before the kernel runs: nothing was written

@@ -20,13 +20,11 @@ masked path: a windowed row costs O(window), not O(L).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
-from .launch import LOG2E
+from .launch import LOG2E, strides
 
 MASK_NONE: tl.constexpr = tl.constexpr(0)
 MASK_BOOL: tl.constexpr = tl.constexpr(1)
@@ -134,67 +132,46 @@ def band_tiles(x_start, y_len, band_lo, band_hi, RAGGED_X,
     return start, full_start, full_end, end
 
 
-@dataclass(frozen=True)
-class ScoreMods:
-    """Host side of the pipeline: the modifiers of one call, checked by the caller.
+def score_args(mods, placeholder: torch.Tensor) -> dict:
+    """The score pipeline's part of a kernel launch, keyed by the kernels' parameter names:
+    the mask, slopes and sinks pointers with their strides, the pipeline's scalars, and its
+    constexpr switches (HAS_LEFT, HAS_RIGHT, SOFTCAP, HAS_ALIBI, MASK_KIND, HAS_SINKS).
 
-    ``window`` is (left, right) with None for an unbounded side; ``causal`` bounds the right
-    side at the diagonal; ``bottom_right`` puts query i's diagonal at key i + Lk - Lq.
-    ``attn_mask`` is bool or float, expanded to (B, Hq, Lq, Lk) (zero strides broadcast);
-    ``alibi_slopes`` float32 (Hq,) or (B, Hq) (packed sequences: (N, Hq), a row per
-    sequence); ``sinks`` (Hq,). Slopes and sinks may have any strides.
+    ``mods`` is read by attribute: ``attention_ops.options.ScoreMods`` or anything with its
+    fields and ``bounds()`` (the kernels never import the package above them). Its mask is
+    bool or float, expanded to (B, Hq, Lq, Lk); slopes (Hq,) or (B, Hq) ((N, Hq) for packed
+    sequences); sinks (Hq,); any strides. ``placeholder`` (a tensor on the device) stands in
+    for a pointer the launch does not read. The alignment goes as 0/1: the kernels place each
+    sequence's diagonal from its own lengths.
     """
-
-    causal: bool = False
-    window: tuple[int | None, int | None] | None = None
-    bottom_right: bool = False
-    softcap: float | None = None
-    attn_mask: torch.Tensor | None = None
-    alibi_slopes: torch.Tensor | None = None
-    sinks: torch.Tensor | None = None
-
-    def bounds(self) -> tuple[int | None, int | None]:
-        """(left, right) band around the diagonal, None where unbounded."""
-        left, right = self.window if self.window is not None else (None, None)
-        if self.causal:
-            right = 0 if right is None else min(right, 0)
-        return left, right
-
-    def mask_kind(self) -> int:
-        if self.attn_mask is None:
-            return MASK_NONE.value
-        return MASK_BOOL.value if self.attn_mask.dtype == torch.bool else MASK_FLOAT.value
-
-    def kernel_args(self, scale: float, placeholder: torch.Tensor) -> tuple:
-        """The runtime arguments every attention kernel takes after its tensors, in order:
-        mask, slopes, sinks pointers and strides, then the scalars of the pipeline (the
-        alignment as 0/1: kernels place the diagonal from each sequence's own lengths)."""
-        left, right = (0 if side is None else min(side, MAX_WINDOW_SIDE)
-                       for side in self.bounds())
-        mask = placeholder if self.attn_mask is None else (
-            self.attn_mask.view(torch.uint8) if self.attn_mask.dtype == torch.bool
-            else self.attn_mask)
-        mask_strides = (0, 0, 0, 0) if self.attn_mask is None else self.attn_mask.stride()
-        slopes = placeholder if self.alibi_slopes is None else self.alibi_slopes
-        slope_strides = (0, 0) if self.alibi_slopes is None else (
-            (0, *self.alibi_slopes.stride()) if self.alibi_slopes.dim() == 1
-            else self.alibi_slopes.stride())
-        sinks = placeholder if self.sinks is None else self.sinks
-        softcap = min(max(self.softcap or 1.0, MIN_SOFTCAP), MAX_SOFTCAP)
-        return (
-            mask, slopes, sinks, *mask_strides, *slope_strides, self.sink_stride(),
-            scale * LOG2E, scale / softcap, softcap * LOG2E,
-            int(self.bottom_right), left, right,
-        )
-
-    def sink_stride(self) -> int:
-        """The sinks' element stride (0 without sinks)."""
-        return 0 if self.sinks is None else self.sinks.stride(0)
-
-    def kernel_flags(self) -> dict:
-        left, right = self.bounds()
-        return dict(
-            HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
-            SOFTCAP=self.softcap is not None, HAS_ALIBI=self.alibi_slopes is not None,
-            MASK_KIND=self.mask_kind(), HAS_SINKS=self.sinks is not None,
-        )
+    left, right = mods.bounds()
+    mask, slopes, sinks = mods.attn_mask, mods.alibi_slopes, mods.sinks
+    mask_kind = MASK_NONE.value
+    if mask is not None:
+        mask_kind = MASK_BOOL.value if mask.dtype == torch.bool else MASK_FLOAT.value
+    slope_strides = (0, 0) if slopes is None else (
+        (0, *slopes.stride()) if slopes.dim() == 1 else slopes.stride())  # (Hq,): all rows
+    softcap = min(max(mods.softcap or 1.0, MIN_SOFTCAP), MAX_SOFTCAP)
+    return {
+        # a bool mask is read as bytes (nonzero: attend)
+        "MASK": placeholder if mask is None else (
+            mask.view(torch.uint8) if mask_kind == MASK_BOOL.value else mask),
+        **strides("mask_", mask, "bhmn"),
+        "SLOPES": placeholder if slopes is None else slopes,
+        "stride_slope_b": slope_strides[0],
+        "stride_slope_h": slope_strides[1],
+        "SINKS": placeholder if sinks is None else sinks,
+        "stride_sink": 0 if sinks is None else sinks.stride(0),
+        "qk_scale": mods.scale * LOG2E,
+        "softcap_scale": mods.scale / softcap,
+        "softcap_base2": softcap * LOG2E,
+        "bottom_right": int(mods.bottom_right),
+        "window_left": 0 if left is None else min(left, MAX_WINDOW_SIDE),
+        "window_right": 0 if right is None else min(right, MAX_WINDOW_SIDE),
+        "HAS_LEFT": left is not None,
+        "HAS_RIGHT": right is not None,
+        "SOFTCAP": mods.softcap is not None,
+        "HAS_ALIBI": slopes is not None,
+        "MASK_KIND": mask_kind,
+        "HAS_SINKS": sinks is not None,
+    }

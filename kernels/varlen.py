@@ -91,12 +91,15 @@ class PackedSequences:
         return max(self.count - 1, 0).bit_length()
 
 
-def packed_args(packed: PackedSequences | None, placeholder: torch.Tensor) -> tuple:
+def packed_args(packed: PackedSequences | None, placeholder: torch.Tensor) -> dict:
     """The kernels' packed-sequence arguments: both cumulative-length pointers, the sequence
-    count and the binary search's steps (placeholders for a dense launch)."""
+    count, the binary search's steps and the VARLEN switch (placeholders for a dense
+    launch)."""
     if packed is None:
-        return placeholder, placeholder, 0, 0
-    return packed.cu_seqlens_q, packed.cu_seqlens_k, packed.count, packed.search_steps()
+        return {"CU_SEQLENS_Q": placeholder, "CU_SEQLENS_K": placeholder, "n_seqs": 0,
+                "search_steps": 0, "VARLEN": False}
+    return {"CU_SEQLENS_Q": packed.cu_seqlens_q, "CU_SEQLENS_K": packed.cu_seqlens_k,
+            "n_seqs": packed.count, "search_steps": packed.search_steps(), "VARLEN": True}
 
 
 def tuning_length(packed: PackedSequences | None, seqlen_q: int, seqlen_k: int) -> int:

@@ -53,7 +53,7 @@ def test_fixed_tile_launch_moves_past_tiles_the_device_cannot_fit(monkeypatch):
 
     class KernelOutOfSharedMemoryOnTheFirstTile:
         def __getitem__(self, grid):
-            def run(*args, BLOCK_M, BLOCK_N, num_warps, num_stages, **flags):
+            def run(*, BLOCK_M, BLOCK_N, num_warps, num_stages, **args):
                 if (BLOCK_M, BLOCK_N, num_warps, num_stages) == tiles[0]:
                     raise OutOfResources(300_000, 232_448, "shared memory")
                 launched.append((BLOCK_M, BLOCK_N, num_warps, num_stages))
@@ -62,7 +62,7 @@ def test_fixed_tile_launch_moves_past_tiles_the_device_cannot_fit(monkeypatch):
 
     monkeypatch.setattr(launch, "is_interpreter", lambda: False)
     launch.launch(KernelOutOfSharedMemoryOnTheFirstTile(), "fwd", lambda meta: (1,),
-                   (torch.empty(0, dtype=torch.float16),), {"BLOCK_D": 64})
+                  {"Q": torch.empty(0, dtype=torch.float16), "BLOCK_D": 64})
     assert launched == [tiles[1]]
 
 
