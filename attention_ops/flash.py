@@ -47,8 +47,9 @@ class AttentionFunction(torch.autograd.Function):
         ctx.max_seqlen = max_seqlen
         ctx.scalar_fields = tuple(None if i in _TENSOR_FIELDS else f
                                   for i, f in enumerate(fields))
-        ctx.mark_non_differentiable(lse)
-        return out, ops.natural_lse(lse)
+        natural = ops.natural_lse(lse)
+        ctx.mark_non_differentiable(natural)
+        return out, natural
 
     @staticmethod
     def backward(ctx, dout, _dlse):
