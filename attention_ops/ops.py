@@ -21,6 +21,7 @@ from attention_ops.kernels import (
     decode_forward,
 )
 from attention_ops.options import MODS_SCHEMA, ScoreMods
+from attention_ops.validation import cache_capacity
 
 _PACKING = "Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int? max_seqlen, Tensor? seed"
 
@@ -125,7 +126,9 @@ def attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, block_table, num_
     out, lse = _new_outputs(q, v_cache, packed=False)
     if out.numel() > 0:
         decode_forward(q, k_cache, v_cache, out, lse, cache_seqlens=cache_seqlens,
-                       block_table=block_table, mods=_mods(mods), num_splits=num_splits)
+                       block_table=block_table,
+                       capacity=cache_capacity(k_cache, block_table), mods=_mods(mods),
+                       num_splits=num_splits)
     return out, lse
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from attention_ops.options import ScoreMods, score_mods
 from attention_ops.validation import (
+    cache_capacity,
     check_align,
     check_attention_inputs,
     check_cu_seqlens,
@@ -393,7 +394,7 @@ def kvcache_attention(
     if block_table is None:  # a contiguous cache lines up with q as a dense call's keys
         check_attention_inputs(q, k_cache, v_cache, same_dtype=False)
     lengths = cache_seqlens.tolist()
-    capacity = k_cache.shape[2] * (1 if block_table is None else block_table.shape[1])
+    capacity = cache_capacity(k_cache, block_table)
     if len(lengths) != q.shape[0] or any(not 0 <= n <= capacity for n in lengths):
         raise ValueError(f"cache_seqlens must hold {q.shape[0]} lengths in [0, {capacity}] "
                          f"(the cache's capacity), got {lengths}")

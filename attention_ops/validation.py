@@ -354,8 +354,6 @@ def check_kvcache_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
         if not isinstance(block_table, torch.Tensor) or block_table.dim() != 2:
             raise ValueError("block_table must be a 2-D (B, max_blocks) int32 tensor")
         _check_int32_tensor("block_table", block_table, (batch, block_table.shape[1]), q)
-    # Imported here: decoding runs the kernels anyway, and the reference must not load Triton.
-    from attention_ops.kernels.cache import cache_capacity
     capacity = cache_capacity(k_cache, block_table)
     if cache_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
         # Value checks read the tensors: only where that costs no device synchronisation.
@@ -370,6 +368,14 @@ def check_kvcache_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
                 if used.numel() and (used.min() < 0 or used.max() >= k_cache.shape[0]):
                     raise ValueError(f"block_table row {b} names blocks outside "
                                      f"[0, {k_cache.shape[0]}): {used.tolist()}")
+
+
+def cache_capacity(k_cache: torch.Tensor, block_table: torch.Tensor | None) -> int:
+    """The most keys a row of a KV cache holds: Lmax of a contiguous (B, Hkv, Lmax, D) cache,
+    or max_pages * page_size of a paged (num_pages, Hkv, page_size, D) one."""
+    if block_table is None:
+        return k_cache.shape[2]
+    return block_table.shape[1] * k_cache.shape[2]
 
 
 def _check_int32_tensor(name: str, t, shape: tuple[int, ...], q: torch.Tensor) -> None:

@@ -280,7 +280,8 @@ def decode_launch(head_dim: int, dtype: torch.dtype, heads_kv: int) -> None:
                      sinks=torch.zeros(4 * heads_kv))
     decode.decode_forward(q, k, v, torch.empty(q.shape), torch.empty(q.shape[:3]),
                           cache_seqlens=torch.zeros(batch, dtype=torch.int32),
-                          block_table=table, mods=mods, num_splits=4)
+                          block_table=table, capacity=pages_per_row * page, mods=mods,
+                          num_splits=4)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,29 +8,20 @@ from dataclasses import dataclass
 import torch
 
 
-def cache_capacity(k_cache: torch.Tensor, block_table: torch.Tensor | None) -> int:
-    """The most keys a row can hold: Lmax of a contiguous (B, Hkv, Lmax, D) cache, or
-    max_pages * page_size of a paged (num_pages, Hkv, page_size, D) one."""
-    if block_table is None:
-        return k_cache.shape[2]
-    return block_table.shape[1] * k_cache.shape[2]
-
-
 @dataclass(frozen=True)
 class CacheLayout:
     """Row b of the cache holds ``cache_seqlens[b]`` keys (int32 (B,)); with ``block_table``
     (int32 (B, max_pages)) the caches are (num_pages, Hkv, page_size, D) and key t of row b
-    lives in page block_table[b, t // page_size]. ``num_splits`` programs share each row's
+    lives in page block_table[b, t // page_size]; a row holds at most ``capacity`` keys
+    (``attention_ops.validation.cache_capacity``). ``num_splits`` programs share each row's
     keys; with more than one, the launch writes partial results whose split s sits
     ``split_strides`` = (output stride, LSE stride) elements after split 0."""
 
     cache_seqlens: torch.Tensor
+    capacity: int
     block_table: torch.Tensor | None = None
     num_splits: int = 1
     split_strides: tuple[int, int] = (0, 0)
-
-    def capacity(self, k_cache: torch.Tensor) -> int:
-        return cache_capacity(k_cache, self.block_table)
 
 
 def cache_args(cache: CacheLayout | None, k_cache: torch.Tensor,

@@ -92,6 +92,7 @@ def decode_forward(
     *,
     cache_seqlens: torch.Tensor,
     block_table: torch.Tensor | None = None,
+    capacity: int,
     mods,
     num_splits: int | None = None,
 ) -> None:
@@ -99,7 +100,8 @@ def decode_forward(
     fills out (B, Hq, Lq, Dv) and lse (B, Hq, Lq) fp32 base 2, both contiguous.
 
     k_cache, v_cache: (B, Hkv, Lmax, D|Dv), or (num_pages, Hkv, page_size, D|Dv) with
-    ``block_table`` (B, max_pages) int32; ``cache_seqlens`` (B,) int32 keys per row. ``mods``
+    ``block_table`` (B, max_pages) int32; ``cache_seqlens`` (B,) int32 keys per row, clamped to
+    [0, ``capacity``], the most a row holds. ``mods``
     (read by attribute, see ``score.score_args``) holds the scale and the modifiers, should
     be bottom-right aligned and has no dropout. ``num_splits`` None picks from the problem
     and the device.
@@ -109,17 +111,17 @@ def decode_forward(
     # The kernel reads both densely (a broadcast length or a transposed table would not be).
     cache_seqlens = cache_seqlens.contiguous()
     block_table = None if block_table is None else block_table.contiguous()
-    layout = CacheLayout(cache_seqlens, block_table)
+    layout = CacheLayout(cache_seqlens, capacity, block_table)
     if num_splits is None:
         row_tiles = triton.cdiv(group_size * seqlen_q, 64)
         num_splits = choose_num_splits(row_tiles * batch * k_cache.shape[1],
-                                       layout.capacity(k_cache), q.device)
+                                       capacity, q.device)
     if num_splits == 1:
         attention_forward(q, k_cache, v_cache, out, lse, mods=mods, cache=layout)
         return
     part_out = torch.empty((num_splits, *out.shape), dtype=torch.float32, device=q.device)
     part_lse = torch.empty((num_splits, *lse.shape), dtype=torch.float32, device=q.device)
-    split = CacheLayout(cache_seqlens, block_table, num_splits,
+    split = CacheLayout(cache_seqlens, capacity, block_table, num_splits,
                         (part_out.stride(0), part_lse.stride(0)))
     attention_forward(q, k_cache, v_cache, part_out[0], part_lse[0], mods=mods, cache=split)
     combine_splits(part_out, part_lse, out, lse)

@@ -293,7 +293,7 @@ def attention_forward(
         raise ValueError(f"lse must be contiguous, got strides {lse.stride()}")
     batch, n_heads_q, seqlen_q, head_dim = q.shape
     group_size = n_heads_q // k.shape[1]
-    seqlen_k = k.shape[2] if cache is None else cache.capacity(k)
+    seqlen_k = k.shape[2] if cache is None else cache.capacity
     if int64_rows is None:
         int64_rows = needs_int64_rows(q, k, v, out, mods.attn_mask)
     args = dict(

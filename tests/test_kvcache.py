@@ -103,7 +103,7 @@ def test_split_bfloat16_output_is_the_float32_merge_rounded_to_nearest_even(devi
     for dtype in (torch.float32, torch.bfloat16):
         merged[dtype] = torch.empty(*q.shape[:3], HEAD_DIM, dtype=dtype, device=device)
         decode_forward(q, k, v, merged[dtype], torch.empty(q.shape[:3], device=device),
-                       cache_seqlens=cache_seqlens, block_table=None,
+                       cache_seqlens=cache_seqlens, block_table=None, capacity=k.shape[2],
                        mods=ScoreMods(HEAD_DIM ** -0.5, causal=True, bottom_right=True),
                        num_splits=2)
     torch.testing.assert_close(merged[torch.bfloat16], merged[torch.float32].to(torch.bfloat16),
